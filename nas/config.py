@@ -1,0 +1,187 @@
+"""Experiment schema and YAML loading.
+
+An experiment is data, never code: one YAML file validated by this schema. Every error names the
+key, the value and the fix, on one line (raised as :class:`nas.errors.NasError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nas.errors import NasError
+
+Direction = Literal["maximize", "minimize"]
+SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "random", "gp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Subset(_Strict):
+    """Search-time fidelity: train and score on fewer examples (final numbers use full splits)."""
+
+    train: int | None = Field(None, gt=0)
+    val: int | None = Field(None, gt=0)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    subset: Subset | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class SpaceConfig(_Strict):
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ObjectiveSpec(_Strict):
+    direction: Direction | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Bound(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min or max, e.g. {max: 2e6}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"min <= max must hold, but got (min={self.min}, max={self.max}); swap them"
+            )
+        return self
+
+
+class SearchConfig(_Strict):
+    trials: int = Field(20, gt=0)
+    workers: int = Field(1, ge=1)
+    sampler: Literal["auto", "tpe", "nsga2", "nsga3", "random", "gp"] = "auto"
+    seed: int = 0
+    storage: str | None = None
+    timeout: float | None = Field(None, gt=0)
+    threads_per_worker: int | None = Field(None, ge=1)
+
+
+class ExportConfig(_Strict):
+    select: str | list[int] = "front"
+    tolerance: float = Field(0.005, ge=0, le=1)
+    latency_batch_size: int = Field(1, gt=0)
+
+
+class Experiment(_Strict):
+    name: str | None = None
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    space: SpaceConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    objectives: dict[str, ObjectiveSpec]
+    constraints: dict[str, Bound] = Field(default_factory=dict)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives_forms(cls, v: Any) -> Any:
+        # accepted: [accuracy, flops] | {accuracy: maximize} | {latency_ms: {args: {...}}}
+        if isinstance(v, list):
+            v = {name: None for name in v}
+        if isinstance(v, dict):
+            return {
+                k: ({"direction": s} if isinstance(s, str) else (s or {})) for k, s in v.items()
+            }
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _at_least_one(cls, v: dict[str, ObjectiveSpec]) -> dict[str, ObjectiveSpec]:
+        if not v:
+            raise ValueError("list at least one objective, e.g. [accuracy, flops]")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Experiment
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        valid = ", ".join(_valid_keys(tuple(e["loc"])))
+        return f"{source}: unknown key {loc!r}; valid keys here are: {valid}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        msg = "this key is required; add it (see experiments/ for examples)"
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{source}: {loc}: {msg}{shown}"
+
+
+def parse_experiment(data: Any, source: str = "experiment") -> Experiment:
+    """Validate a mapping as an :class:`Experiment`; raise NasError on the first problem."""
+    if not isinstance(data, dict):
+        raise NasError(f"{source}: the experiment must be a YAML mapping of keys, got {data!r}")
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise NasError(_format_error(source, err)) from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise NasError(f"experiment file {str(p)!r} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise NasError(f"{p}: invalid YAML{where}: {problem}; fix the syntax") from None
+    return parse_experiment(data, str(p))

@@ -1,0 +1,151 @@
+"""Export selected trials as deployable models, re-measured after export.
+
+For each model: ``model.onnx`` (fp32, BN folded, dynamic batch), ``weights.safetensors``,
+``config.json`` (space, args, params, input shape: enough to rebuild it with
+``nas.space.rebuild``), ``metrics.json`` (search-time and re-measured). The ONNX model is
+re-evaluated on the test split with onnxruntime; if its accuracy differs from the recorded test
+accuracy by more than ``export.tolerance`` the export fails and nothing of that model is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas import onnx_utils
+from nas.errors import NasError
+from nas.pipeline import load_weights, weights_path
+from nas.search._problem import Point
+from nas.space import rebuild, resolve_space
+from objectives import count_flops, count_params, model_size_bytes
+
+if TYPE_CHECKING:
+    from nas.front import Front
+    from nas.run import Run
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model does not reproduce the recorded accuracy."""
+
+
+def select_points(run: Run, front: Front, select: str | Sequence[int] | None) -> list[Point]:
+    """``front`` (default), ``knee``, or trial numbers (any completed feasible trial)."""
+    select = select if select is not None else run.exp.export.select
+    if isinstance(select, str) and select not in ("front", "knee"):
+        try:
+            select = [int(s) for s in select.replace(",", " ").split()]
+        except ValueError:
+            raise NasError(
+                f"--select {select!r}: use front, knee, or trial numbers like '3 7'"
+            ) from None
+    if select == "front":
+        return list(front.points)
+    if select == "knee":
+        return [front.knee()]
+    by_number = {p.number: p for p in front.candidates}
+    missing = [n for n in select if n not in by_number]
+    if missing:
+        raise NasError(
+            f"--select: trial(s) {missing} are not completed feasible trials of "
+            f"{run.dir}; `nas front` lists the trials"
+        )
+    return [by_number[n] for n in select]
+
+
+def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
+    """Export one trial to ``dest``; return its metrics record."""
+    src = weights_path(run.dir, p.number)
+    if not src.is_file():
+        raise NasError(
+            f"weights of trial {p.number} are missing ({src}); re-run the search so "
+            f"the trial is trained again"
+        )
+    splits = run.splits
+    space = resolve_space(run.exp.space.name)
+    model = load_weights(
+        rebuild(
+            space,
+            p.params,
+            input_shape=splits.input_shape,
+            num_classes=splits.num_classes,
+            args=run.exp.space.args,
+        ),
+        src,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".trial-{p.number}-", dir=dest.parent))
+    try:
+        onnx_utils.to_onnx(model, splits.input_shape, tmp / "model.onnx")
+        shutil.copyfile(src, tmp / "weights.safetensors")
+        sess = onnx_utils.session(tmp / "model.onnx", threads=1)
+        acc = onnx_utils.accuracy(sess, splits.test.x, splits.test.y)
+        recorded = p.metrics.get("test_accuracy")
+        tol = run.exp.export.tolerance
+        if recorded is not None and abs(acc - recorded) > tol:
+            raise ExportVerificationError(
+                f"trial {p.number}: the exported ONNX model scores {acc:.4f} on the test split, "
+                f"the trained model {recorded:.4f} (more than {tol:.3f} apart); not exported"
+            )
+        batch = run.exp.export.latency_batch_size
+        exported = {
+            "test_accuracy": acc,
+            "flops": float(count_flops(model, splits.input_shape)),
+            "params": float(count_params(model)),
+            "size_bytes": float(model_size_bytes(model)),
+            "onnx_file_bytes": float((tmp / "model.onnx").stat().st_size),
+            f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
+        }
+        config = {
+            "trial": p.number,
+            "experiment": run.exp.name,
+            "space": run.exp.space.name,
+            "args": run.exp.space.args,
+            "params": p.params,
+            "input_shape": list(splits.input_shape),
+            "num_classes": splits.num_classes,
+            "dataset": run.exp.data.name,
+            "input": "float32 tensor (batch, *input_shape); image pixels scaled to [0, 1]",
+            "onnx": {"opset": onnx_utils.OPSET, "input": "input", "output": "logits"},
+        }
+        metrics = {"search": p.metrics, "exported": exported}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return {"trial": p.number, **exported, "search_test_accuracy": p.metrics.get("test_accuracy")}
+
+
+def export_selected(
+    run: Run,
+    front: Front,
+    to: str | Path | None,
+    select: str | Sequence[int] | None,
+    *,
+    progress: bool = True,
+) -> list[Path]:
+    """Export the selected trials under ``to`` (default ``RUN_DIR/exports``); return their dirs."""
+    points = select_points(run, front, select)
+    out = Path(to) if to is not None else run.dir / "exports"
+    out.mkdir(parents=True, exist_ok=True)
+    records, dirs = [], []
+    for i, p in enumerate(points, 1):
+        dest = out / f"trial-{p.number:05d}"
+        records.append(export_point(run, p, dest))
+        dirs.append(dest)
+        if progress:
+            r = records[-1]
+            print(
+                f"[export] {i}/{len(points)} trial {p.number}: "
+                f"test accuracy {r['test_accuracy']:.4f}"
+                f" (recorded {r['search_test_accuracy']:.4f}) -> {dest}",
+                flush=True,
+            )
+    (out / "summary.json").write_text(json.dumps(records, indent=2))
+    return dirs

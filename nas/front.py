@@ -1,0 +1,261 @@
+"""The Pareto front of a study: non-dominated feasible trials, hypervolume, knee, selection.
+
+Hypervolume comes from moocore. Objectives are min-max normalised between the ideal point and the
+reference point (default: the worst feasible value of each objective, pushed 10 % of its range
+further), so the hypervolume is a number in [0, 1].
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from nas.errors import NasError
+from nas.search._problem import Point
+
+_CMP = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+_BIN = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+
+def parse_where(expr: str, known: Sequence[str]) -> Callable[[Mapping[str, float]], bool]:
+    """Compile ``"flops <= 2e6 and accuracy >= 0.9"`` into a predicate, safely (no ``eval``).
+
+    Allowed: metric names, numbers, comparisons (chained too), ``and``/``or``/``not``, ``+ - * /``
+    and parentheses. Unknown names raise NasError listing the known metrics.
+    """
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise NasError(
+            f"--where {expr!r} is not a valid expression; write e.g. "
+            f'"flops <= 2e6 and accuracy >= 0.9"'
+        ) from None
+
+    def check(node: ast.AST) -> None:
+        if isinstance(node, ast.Name) and node.id not in known:
+            raise NasError(
+                f"--where names unknown metric {node.id!r}; known metrics: {', '.join(known)}"
+            )
+        allowed = (
+            ast.Expression,
+            ast.BoolOp,
+            ast.And,
+            ast.Or,
+            ast.UnaryOp,
+            ast.Not,
+            ast.USub,
+            ast.UAdd,
+            ast.Compare,
+            ast.BinOp,
+            ast.Name,
+            ast.Load,
+            ast.Constant,
+            *_CMP,
+            *_BIN,
+        )
+        if not isinstance(node, allowed) or (
+            isinstance(node, ast.Constant) and not isinstance(node.value, int | float)
+        ):
+            raise NasError(
+                f"--where {expr!r}: {type(node).__name__} is not allowed; use metric "
+                f"names, numbers, comparisons, and/or/not, + - * /"
+            )
+        for child in ast.iter_child_nodes(node):
+            check(child)
+
+    check(tree)
+
+    def ev(node: ast.AST, env: Mapping[str, float]) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body, env)
+        if isinstance(node, ast.BoolOp):
+            vals = (ev(v, env) for v in node.values)
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.UnaryOp):
+            v = ev(node.operand, env)
+            return (
+                (not v)
+                if isinstance(node.op, ast.Not)
+                else (-v if isinstance(node.op, ast.USub) else v)
+            )
+        if isinstance(node, ast.Compare):
+            left = ev(node.left, env)
+            for op, comp in zip(node.ops, node.comparators, strict=True):
+                right = ev(comp, env)
+                if not _CMP[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.BinOp):
+            return _BIN[type(node.op)](ev(node.left, env), ev(node.right, env))
+        if isinstance(node, ast.Name):
+            return env.get(node.id, math.nan)
+        assert isinstance(node, ast.Constant)
+        return node.value
+
+    return lambda metrics: bool(ev(tree, metrics))
+
+
+def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
+    """(feasible, infeasible) COMPLETE trials as points, metrics from the trial's attributes."""
+    feasible, infeasible = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = dict(t.user_attrs.get("metrics", {}))
+        metrics.update(t.user_attrs.get("final_metrics", {}))
+        p = Point(t.number, dict(t.params), metrics)
+        ok = all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())
+        (feasible if ok else infeasible).append(p)
+    return feasible, infeasible
+
+
+def _as_min(points: Sequence[Point], directions: Mapping[str, str]) -> np.ndarray:
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions.values()])
+    return (
+        np.array([[p.metrics[n] for n in directions] for p in points], dtype=float).reshape(
+            len(points), len(directions)
+        )
+        * sign
+    )
+
+
+def nondominated(points: Sequence[Point], directions: Mapping[str, str]) -> list[Point]:
+    if not points:
+        return []
+    import moocore
+
+    mask = moocore.is_nondominated(_as_min(points, directions), keep_weakly=False)
+    return [p for p, keep in zip(points, mask, strict=True) if keep]
+
+
+def default_reference(points: Sequence[Point], directions: Mapping[str, str]) -> dict[str, float]:
+    """Worst value of each objective over ``points``, pushed 10 % of its range further."""
+    m = _as_min(points, directions)
+    worst, best = m.max(axis=0), m.min(axis=0)
+    ref = worst + 0.1 * np.where(worst > best, worst - best, np.maximum(np.abs(worst), 1.0))
+    sign = [-1.0 if d == "maximize" else 1.0 for d in directions.values()]
+    return {n: float(r * s) for n, r, s in zip(directions, ref, sign, strict=True)}
+
+
+def hypervolume(
+    points: Sequence[Point],
+    directions: Mapping[str, str],
+    reference: Mapping[str, float],
+    ideal: Mapping[str, float] | None = None,
+) -> float:
+    """Hypervolume of ``points`` in the ideal-to-reference box (normalised to [0, 1])."""
+    if not points:
+        return 0.0
+    import moocore
+
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions.values()])
+    m = _as_min(points, directions)
+    ref = np.array([reference[n] for n in directions]) * sign
+    lo = (np.array([ideal[n] for n in directions]) * sign) if ideal else m.min(axis=0)
+    scale = np.where(ref > lo, ref - lo, 1.0)
+    norm = (m - lo) / scale
+    inside = np.all(norm < 1.0, axis=1)
+    if not inside.any():
+        return 0.0
+    return float(moocore.hypervolume(norm[inside], ref=np.ones(len(directions))))
+
+
+def knee(points: Sequence[Point], directions: Mapping[str, str]) -> Point:
+    """The front point closest to the ideal point after min-max normalisation of each objective."""
+    m = _as_min(points, directions)
+    span = np.where(m.max(0) > m.min(0), m.max(0) - m.min(0), 1.0)
+    d = np.linalg.norm((m - m.min(0)) / span, axis=1)
+    return points[int(np.argmin(d))]
+
+
+@dataclass
+class Front:
+    """Non-dominated feasible trials of a run (after an optional ``where`` filter)."""
+
+    points: list[Point]
+    directions: dict[str, str]
+    candidates: list[Point]  # every feasible completed trial that passed the filter
+    infeasible: list[Point] = field(default_factory=list)
+    reference: dict[str, float] = field(default_factory=dict)
+    where: str | None = None
+
+    @classmethod
+    def from_study(
+        cls, study: optuna.Study, directions: Mapping[str, str], where: str | None = None
+    ) -> Front:
+        feasible, infeasible = completed_points(study)
+        if where:
+            known = sorted({k for p in feasible + infeasible for k in p.metrics} | set(directions))
+            pred = parse_where(where, known)
+            kept = [p for p in feasible if pred(p.metrics)]
+        else:
+            kept = feasible
+        dirs = dict(directions)
+        front = sorted(nondominated(kept, dirs), key=lambda p: p.metrics[next(iter(dirs))])
+        ref = default_reference(feasible, dirs) if feasible else {}
+        return cls(front, dirs, kept, infeasible, ref, where)
+
+    @property
+    def hypervolume(self) -> float:
+        if not self.points:
+            return 0.0
+        return hypervolume(self.points, self.directions, self.reference, ideal=self.ideal)
+
+    @property
+    def ideal(self) -> dict[str, float]:
+        pts = self.candidates or self.points
+        m = _as_min(pts, self.directions).min(axis=0)
+        sign = [-1.0 if d == "maximize" else 1.0 for d in self.directions.values()]
+        return {n: float(v * s) for n, v, s in zip(self.directions, m, sign, strict=True)}
+
+    def knee(self) -> Point:
+        if not self.points:
+            raise NasError(
+                "the front is empty; nothing to select (loosen --where or run more trials)"
+            )
+        return knee(self.points, self.directions)
+
+    def to_dict(self) -> dict[str, Any]:
+        k = self.knee().number if self.points else None
+        return {
+            "directions": self.directions,
+            "where": self.where,
+            "reference": self.reference,
+            "hypervolume": self.hypervolume,
+            "knee": k,
+            "front": [
+                {"number": p.number, "params": p.params, "metrics": p.metrics} for p in self.points
+            ],
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    def plot(self, path: Path, title: str = "") -> Path:
+        from nas.plots import plot_front
+
+        return plot_front(self, path, title)
+
+    def __len__(self) -> int:
+        return len(self.points)

@@ -1,0 +1,219 @@
+"""A run folder: the frozen experiment, the study, every trial's weights, front.json, pareto.png.
+
+Nothing outside the folder is needed to resume, inspect or export a run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from nas.config import Experiment, load_experiment, parse_experiment
+from nas.data import Splits, load_data
+from nas.errors import NasError
+from nas.front import Front
+from nas.pipeline import ExperimentProblem, directions, preflight, resolve_objectives
+from nas.search import SearchSettings, optimize
+from nas.search._storage import check_url, load_study, open_storage
+from nas.search._worker import counts
+
+EXPERIMENT_FILE = "experiment.yaml"
+# keys that may change between invocations of the same run (they do not change its results)
+_RESUMABLE = {"trials", "workers", "timeout", "threads_per_worker"}
+
+
+def problem_from_run_dir(run_dir: Path) -> ExperimentProblem:
+    """Rebuild the problem of a run from its folder (what each worker process does)."""
+    return ExperimentProblem(read_experiment(run_dir), run_dir)
+
+
+def read_experiment(run_dir: Path) -> Experiment:
+    path = Path(run_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise NasError(
+            f"{run_dir} is not a run folder (no {EXPERIMENT_FILE}); pass the folder "
+            f"that `nas run` created, e.g. runs/<name>"
+        )
+    return parse_experiment(yaml.safe_load(path.read_text()), str(path))
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if prefix == "search." and k in _RESUMABLE:
+                continue
+            d = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def with_overrides(exp: Experiment, **search: Any) -> Experiment:
+    """Apply CLI/API overrides of ``search.*`` (``None`` leaves a key as it is), re-validated."""
+    data = exp.to_dict()
+    data["search"].update({k: v for k, v in search.items() if v is not None})
+    return parse_experiment(data, "overrides")
+
+
+@dataclass
+class Run:
+    """A run folder. ``Run.open(dir)`` for an existing one, :func:`nas.run` to search."""
+
+    dir: Path
+    exp: Experiment
+    _splits: Splits | None = None
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Run:
+        d = Path(run_dir)
+        return cls(d, read_experiment(d))
+
+    @property
+    def directions(self) -> dict[str, str]:
+        return directions(self.exp)
+
+    @property
+    def splits(self) -> Splits:
+        if self._splits is None:
+            self._splits = load_data(self.exp.data)
+        return self._splits
+
+    def study(self) -> optuna.Study:
+        storage = open_storage(self.exp.search.storage, self.dir)
+        return load_study(storage, list(self.directions.values()), optuna.samplers.RandomSampler())
+
+    def front(self, where: str | None = None) -> RunFront:
+        study = self.study()
+        front = Front.from_study(study, self.directions, where)
+        if not front.candidates:
+            c = counts(study)
+            if not (c.complete):
+                raise NasError(
+                    f"{self.dir} has no completed trial ({c.running} running, "
+                    f"{c.failed} failed, {c.rejected} rejected); run `nas run` first"
+                )
+            raise NasError(
+                f"no feasible trial in {self.dir} matches --where {where!r}; loosen it"
+                if where
+                else f"no feasible trial in {self.dir}; loosen constraints"
+            )
+        return RunFront(self, front)
+
+    def write_front(self) -> RunFront:
+        rf = self.front()
+        rf.front.write_json(self.dir / "front.json")
+        rf.front.plot(
+            self.dir / "pareto.png",
+            title=f"{self.exp.name or self.dir.name}: "
+            f"{len(rf.front)} models on the front, HV {rf.front.hypervolume:.3f}",
+        )
+        return rf
+
+
+@dataclass
+class RunFront:
+    """A run's front: ``.points``, ``.knee()``, ``.table()``, ``.export(to)``."""
+
+    run: Run
+    front: Front
+
+    @property
+    def points(self):  # list[Point]
+        return self.front.points
+
+    def knee(self):  # Point
+        return self.front.knee()
+
+    def table(self) -> str:
+        from nas.report import front_table
+
+        return front_table(self.front)
+
+    def export(
+        self,
+        to: str | Path | None = None,
+        select: str | Sequence[int] | None = None,
+        progress: bool = True,
+    ) -> list[Path]:
+        from nas.export import export_selected
+
+        return export_selected(self.run, self.front, to, select, progress=progress)
+
+
+def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -> Run:
+    """Validate everything a run needs before touching its folder; return the Run."""
+    exp = with_overrides(load_experiment(path), **search)
+    run_dir = Path(out) if out is not None else Path("runs") / (exp.name or Path(path).stem)
+    frozen = run_dir / EXPERIMENT_FILE
+    if frozen.is_file():
+        old = read_experiment(run_dir)
+        diff = _first_difference(old.to_dict(), exp.to_dict())
+        if diff:
+            raise NasError(
+                f"{run_dir} holds a run of a different experiment ({diff!r} changed); "
+                f"pass --out for a new run folder, or restore {diff!r}"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise NasError(f"{run_dir} exists and is not a run folder; pass --out with another path")
+    resolve_objectives(exp)  # unknown objective / constraint names
+    check_url(exp.search.storage)
+    if exp.search.storage and not exp.search.storage.startswith("journal:"):
+        open_storage(exp.search.storage, run_dir)  # unreachable database: fail before writing
+    splits = load_data(exp.data)
+    preflight(exp, splits)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frozen.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    return Run(run_dir, exp, splits)
+
+
+def run(
+    path: str | Path,
+    *,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    trials: int | None = None,
+    sampler: str | None = None,
+    storage: str | None = None,
+    timeout: float | None = None,
+    progress: bool = True,
+) -> Run:
+    """Run (or resume) the experiment at ``path``; return its :class:`Run`.
+
+    ``run.front(where=...)`` gives the Pareto front; ``.export(to)`` exports it.
+    """
+    r = prepare(
+        path,
+        out=out,
+        workers=workers,
+        trials=trials,
+        sampler=sampler,
+        storage=storage,
+        timeout=timeout,
+    )
+    s = r.exp.search
+    settings = SearchSettings(
+        n_trials=s.trials,
+        workers=s.workers,
+        sampler=s.sampler,
+        seed=s.seed,
+        storage=s.storage,
+        timeout=s.timeout,
+        threads_per_worker=s.threads_per_worker,
+    )
+    problem = ExperimentProblem(r.exp, r.dir, r.splits)
+    optimize(
+        functools.partial(problem_from_run_dir, r.dir),
+        settings,
+        r.dir,
+        progress=progress,
+        problem=problem,
+    )
+    r.write_front()
+    return r

@@ -1,0 +1,249 @@
+"""The local driver: N worker processes on one study (journal file in the run folder by default).
+
+Re-running resumes: completed trials are kept, trials left RUNNING by a dead process are failed and
+their params retried, and the run stops when ``n_trials`` trials are COMPLETE. A worker killed
+mid-run is replaced and its trial retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from nas.errors import NasError
+from nas.search._problem import Problem
+from nas.search._progress import SearchProgress
+from nas.search._samplers import make_sampler
+from nas.search._storage import load_study, open_storage
+from nas.search._worker import counts, recover_stale, run_loop
+
+LOCK_FILE = ".ask.lock"
+MAX_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    n_trials: int
+    workers: int = 1
+    sampler: str = "auto"
+    seed: int = 0
+    storage: str | None = None
+    timeout: float | None = None
+    threads_per_worker: int | None = None
+
+    def threads(self) -> int:
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # already set in this process
+        torch.set_num_interop_threads(1)
+
+
+def open_study(
+    settings: SearchSettings,
+    run_dir: Path,
+    directions: list[str],
+    *,
+    constrained: bool,
+    worker_index: int = 0,
+) -> tuple[optuna.Study, str]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler, why = make_sampler(
+        settings.sampler,
+        n_objectives=len(directions),
+        n_trials=settings.n_trials,
+        workers=settings.workers,
+        seed=settings.seed + 1000 * worker_index,
+        constrained=constrained,
+    )
+    storage = open_storage(settings.storage, run_dir)
+    return load_study(storage, directions, sampler), why
+
+
+def _child(
+    factory: Callable[[], Problem],
+    settings: SearchSettings,
+    run_dir: Path,
+    index: int,
+    deadline: float | None,
+    messages: mp.Queue,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    try:
+        set_threads(settings.threads())
+        problem = factory()
+        study, _ = open_study(
+            settings,
+            run_dir,
+            list(problem.directions.values()),
+            constrained=bool(problem.constraints),
+            worker_index=index,
+        )
+        run_loop(
+            study, problem, n_trials=settings.n_trials, lock=run_dir / LOCK_FILE, deadline=deadline
+        )
+    except NasError as err:
+        messages.put((index, str(err)))
+        sys.exit(2)
+    except Exception as err:
+        import traceback
+
+        traceback.print_exc()
+        messages.put((index, f"worker {index} crashed: {type(err).__name__}: {err}"))
+        sys.exit(1)
+
+
+def _front_size(study: optuna.Study, directions: dict[str, str]) -> int:
+    from nas.front import completed_points, nondominated
+
+    return len(nondominated(completed_points(study)[0], directions))
+
+
+def optimize(
+    factory: Callable[[], Problem],
+    settings: SearchSettings,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    problem: Problem | None = None,
+) -> optuna.Study:
+    """Run the search to ``settings.n_trials`` COMPLETE trials; return the study.
+
+    ``factory`` must be picklable (worker processes are spawned and call it); ``problem`` may be
+    passed to reuse an already-built problem in-process when ``workers == 1``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    problem = problem or factory()
+    directions = dict(problem.directions)
+    study, why = open_study(
+        settings, run_dir, list(directions.values()), constrained=bool(problem.constraints)
+    )
+    lock = run_dir / LOCK_FILE
+    deadline = time.time() + settings.timeout if settings.timeout else None
+    c = counts(study)
+    with SearchProgress(settings.n_trials, c.complete, enabled=progress) as bar:
+        bar.log(f"[search] {why}; {settings.workers} worker(s) x {settings.threads()} thread(s)")
+        if c.complete:
+            bar.log(
+                f"[search] resuming: {c.complete} trial(s) complete, {c.failed} failed, "
+                f"{c.rejected} rejected"
+            )
+        retried = recover_stale(study, lock)
+        if retried:
+            bar.log(
+                f"[search] trial(s) {retried} were left running by a dead process: failed "
+                f"and queued to retry"
+            )
+
+        def show(_: object = None) -> None:
+            k = counts(study)
+            bar.update(
+                k.complete,
+                front=_front_size(study, directions),
+                running=k.running,
+                failed=k.failed,
+                rejected=k.rejected,
+            )
+
+        if settings.workers == 1:
+            set_threads(settings.threads())
+            try:
+                run_loop(
+                    study,
+                    problem,
+                    n_trials=settings.n_trials,
+                    lock=lock,
+                    deadline=deadline,
+                    on_tell=show,
+                )
+            except KeyboardInterrupt:
+                recover_stale(study, lock, own=True)
+                raise
+        else:
+            _run_workers(factory, settings, run_dir, deadline, study, bar, show)
+        show()
+    return study
+
+
+def _run_workers(
+    factory: Callable[[], Problem],
+    settings: SearchSettings,
+    run_dir: Path,
+    deadline: float | None,
+    study: optuna.Study,
+    bar: SearchProgress,
+    show: Callable[[], None],
+) -> None:
+    ctx = mp.get_context("spawn")
+    messages: mp.Queue = ctx.Queue()
+    lock = run_dir / LOCK_FILE
+
+    def start(i: int) -> mp.process.BaseProcess:
+        p = ctx.Process(
+            target=_child,
+            args=(factory, settings, run_dir, i, deadline, messages),
+            name=f"nas-worker-{i}",
+            daemon=False,
+        )
+        p.start()
+        return p
+
+    procs = {i: start(i) for i in range(settings.workers)}
+    restarts = 0
+    error: str | None = None
+    try:
+        while procs:
+            time.sleep(0.5)
+            show()
+            for i, p in list(procs.items()):
+                if p.exitcode is None:
+                    continue
+                del procs[i]
+                if p.exitcode == 0:
+                    continue
+                try:
+                    _, msg = messages.get_nowait()
+                except queue_mod.Empty:
+                    msg = None
+                if p.exitcode < 0:  # killed by a signal
+                    sig = signal.Signals(-p.exitcode).name
+                    retried = recover_stale(study, lock)
+                    bar.log(
+                        f"[search] worker {i} (pid {p.pid}) died with {sig}; trial(s) "
+                        f"{retried} failed and queued to retry"
+                    )
+                    if restarts < MAX_RESTARTS * settings.workers:
+                        restarts += 1
+                        procs[i] = start(i)
+                        bar.log(f"[search] restarted worker {i} (pid {procs[i].pid})")
+                    continue
+                error = msg or f"worker {i} exited with code {p.exitcode}"
+                for q in procs.values():
+                    q.terminate()
+                for q in procs.values():
+                    q.join()
+                procs.clear()
+    except KeyboardInterrupt:
+        for q in procs.values():
+            q.terminate()
+        for q in procs.values():
+            q.join()
+        recover_stale(study, lock)
+        raise
+    if error is not None:
+        recover_stale(study, lock)
+        raise NasError(error)

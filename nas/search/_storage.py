@@ -1,0 +1,82 @@
+"""Study storage: the run folder's journal file by default, or an SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+
+from nas.errors import NasError
+
+STUDY_NAME = "nas"
+JOURNAL_FILE = "study.journal"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for logs and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def check_url(url: str | None) -> None:
+    """Validate a storage URL's form without connecting."""
+    if url is None or url.startswith("journal:"):
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url)
+    except Exception:
+        raise NasError(
+            f"storage {redact(url)!r} is not a valid URL; use sqlite:///path/study.db, "
+            f"postgresql://user@host/db, journal:path/study.journal, or leave it unset for the "
+            f"run folder's journal file"
+        ) from None
+
+
+def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
+    """``None`` -> ``RUN_DIR/study.journal`` (safe for concurrent worker processes)."""
+    check_url(url)
+    if url is None or url.startswith("journal:"):
+        path = run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if url in reason:
+            reason = reason.replace(url, redact(url))
+        raise NasError(
+            f"cannot open storage {redact(url)!r}: {reason}; check the URL, that the "
+            f"database server runs and that its driver is installed"
+        ) from None
+
+
+def load_study(
+    storage: optuna.storages.BaseStorage,
+    directions: list[str],
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        directions=directions,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise NasError(
+            f"the stored study optimises {have}, the experiment asks for {directions}; "
+            f"use a new run folder (--out) for different objectives"
+        )
+    return study

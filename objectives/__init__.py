@@ -1,0 +1,28 @@
+"""Objectives (metrics), registered by name; ``nas objectives`` lists them.
+
+To add one, subclass :class:`objectives.base.Objective` (``objectives/params.py`` is the smallest
+example) and register an instance with ``OBJECTIVES.register(obj.name, obj)``.
+"""
+
+from __future__ import annotations
+
+from nas.registry import Registry
+from objectives.accuracy import Accuracy
+from objectives.base import MeasureContext, Objective
+from objectives.flops import Flops, count_flops
+from objectives.latency_ms import LatencyMs
+from objectives.params import Params, count_params
+from objectives.size_bytes import SizeBytes, model_size_bytes
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+for _obj in (Accuracy(), Flops(), Params(), SizeBytes(), LatencyMs()):
+    OBJECTIVES.register(_obj.name, _obj)
+
+__all__ = [
+    "OBJECTIVES",
+    "MeasureContext",
+    "Objective",
+    "count_flops",
+    "count_params",
+    "model_size_bytes",
+]

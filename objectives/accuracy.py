@@ -1,0 +1,21 @@
+"""``accuracy``: top-1 accuracy of the trained model on the evaluation split."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nas.errors import NasError
+from nas.train import evaluate
+from objectives.base import MeasureContext, Objective
+
+
+class Accuracy(Objective):
+    name = "accuracy"
+    direction = "maximize"
+    needs_training = True
+    description = "top-1 accuracy on the evaluation split (val in search, test at export)"
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
+        if ctx.split is None:
+            raise NasError("accuracy needs an evaluation split; pass MeasureContext(split=...)")
+        return evaluate(model, ctx.split)

@@ -1,0 +1,43 @@
+"""The Objective contract: a name, a direction, whether it needs training, ``measure``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from torch import nn
+
+from nas.data import Split
+
+Direction = Literal["maximize", "minimize"]
+
+
+@dataclass(frozen=True)
+class MeasureContext:
+    """What a measurement may use.
+
+    ``split`` is the evaluation split: val during the search, test at export. ``args`` are this
+    objective's arguments from the experiment (e.g. ``latency_ms: {args: {batch_size: 64}}``).
+    """
+
+    input_shape: tuple[int, ...]
+    split: Split | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class; see ``objectives/params.py`` for the smallest example to copy.
+
+    Cheap objectives (``needs_training = False``) are measured before training, so a hard
+    constraint on them rejects a candidate without training it.
+    """
+
+    name: ClassVar[str]
+    direction: ClassVar[Direction]
+    needs_training: ClassVar[bool]
+    unit: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
+        raise NotImplementedError

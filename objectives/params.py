@@ -1,0 +1,21 @@
+"""``params``: number of distinct trainable and frozen parameters (shared weights counted once)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from objectives.base import MeasureContext, Objective
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields shared tensors once
+
+
+class Params(Objective):
+    name = "params"
+    direction = "minimize"
+    needs_training = False
+    description = "number of parameters (shared weights counted once)"
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
+        return float(count_params(model))

@@ -1,0 +1,11 @@
+"""Built-in architecture spaces, one file each; :mod:`nas.space` registers them by name."""
+
+from __future__ import annotations
+
+from search_spaces.cnn import cnn
+from search_spaces.mlp import mlp
+from search_spaces.mobilenet import mobilenet
+
+BUILTIN_SPACES = {"cnn": cnn, "mobilenet": mobilenet, "mlp": mlp}
+
+__all__ = ["BUILTIN_SPACES", "cnn", "mlp", "mobilenet"]

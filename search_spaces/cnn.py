@@ -1,0 +1,159 @@
+"""A plain convolutional stack: conv -> (BN) -> ReLU -> (pool), then global pooling and a Linear.
+
+Works on 2-D images ``input_shape=(C, H, W)`` (Conv2d) and 1-D signals ``input_shape=(C, L)``
+(Conv1d). Convolutions keep the spatial size (``padding=k // 2``); only 2x pooling shrinks it, and
+pooling is offered only while every spatial side is >= 4, so no map goes below 2.
+
+Params sampled from the trial:
+    depth        number of conv layers, in [min_depth, max_depth]
+    width_{i}    out channels of layer i, from ``widths``
+    kernel_{i}   kernel size of layer i, from ``kernels``
+    pool_{i}     pooling after layer i, from ``pools``; only suggested where the map is >= 4
+    batch_norm   only when ``batch_norm="search"``: True or False
+
+Keyword args (narrow the space from the experiment YAML):
+    min_depth=1, max_depth=4, widths=(8, 16, 24, 32, 48, 64), kernels=(3, 5),
+    batch_norm=True (True, False or "search"), pools=("max", "avg", "none")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+import torch
+from torch import nn
+
+_POOLS = ("max", "avg", "none")
+_MIN_SIZE_TO_POOL = 4  # a 2x pool leaves a map of at least 2
+
+
+class ConvNet(nn.Module):
+    """Feature extractor (conv layers) followed by global average pooling and a Linear head."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def cnn(
+    trial: optuna.trial.BaseTrial,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    min_depth: int = 1,
+    max_depth: int = 4,
+    widths: Sequence[int] = (8, 16, 24, 32, 48, 64),
+    kernels: Sequence[int] = (3, 5),
+    batch_norm: bool | str = True,
+    pools: Sequence[str] = _POOLS,
+) -> nn.Module:
+    """Sample a small conv net for ``(B, *input_shape)`` inputs with ``num_classes`` logits."""
+    input_shape = _check_input_shape(input_shape)
+    _check_positive_int("num_classes", num_classes)
+    _check_positive_int("min_depth", min_depth)
+    _check_positive_int("max_depth", max_depth)
+    if min_depth > max_depth:
+        raise ValueError(
+            f"cnn: min_depth must be <= max_depth, got min_depth={min_depth}, "
+            f"max_depth={max_depth}; lower min_depth or raise max_depth"
+        )
+    widths = _check_int_choices("widths", widths)
+    kernels = _check_int_choices("kernels", kernels)
+    for k in kernels:
+        if k % 2 == 0:
+            raise ValueError(
+                f"cnn: kernels must all be odd so padding keeps the size, got "
+                f"kernels={kernels}; replace {k} with an odd size as in (3, 5)"
+            )
+    pools = _check_pools(pools)
+    if batch_norm not in (True, False, "search"):
+        raise ValueError(
+            f"cnn: batch_norm must be True, False or 'search', got batch_norm={batch_norm!r}; "
+            "use one of those"
+        )
+
+    use_bn = batch_norm
+    if batch_norm == "search":
+        use_bn = trial.suggest_categorical("batch_norm", [True, False])
+
+    two_d = len(input_shape) == 3
+    conv_cls = nn.Conv2d if two_d else nn.Conv1d
+    bn_cls = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+    pool_cls = {
+        "max": nn.MaxPool2d if two_d else nn.MaxPool1d,
+        "avg": nn.AvgPool2d if two_d else nn.AvgPool1d,
+    }
+
+    channels = input_shape[0]
+    sizes = list(input_shape[1:])
+    layers: list[nn.Module] = []
+    depth = trial.suggest_int("depth", min_depth, max_depth)
+    for i in range(depth):
+        width = trial.suggest_categorical(f"width_{i}", widths)
+        kernel = trial.suggest_categorical(f"kernel_{i}", kernels)
+        layers.append(conv_cls(channels, width, kernel, padding=kernel // 2, bias=not use_bn))
+        if use_bn:
+            layers.append(bn_cls(width))
+        layers.append(nn.ReLU())
+        if min(sizes) >= _MIN_SIZE_TO_POOL:
+            pool = trial.suggest_categorical(f"pool_{i}", pools)
+            if pool != "none":
+                layers.append(pool_cls[pool](2))
+                sizes = [s // 2 for s in sizes]
+        channels = width
+
+    global_pool = nn.AdaptiveAvgPool2d(1) if two_d else nn.AdaptiveAvgPool1d(1)
+    classifier = nn.Sequential(global_pool, nn.Flatten(), nn.Linear(channels, num_classes))
+    return ConvNet(nn.Sequential(*layers), classifier)
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"cnn: input_shape must be (C, L) or (C, H, W), got input_shape={shape}; "
+            "reshape the data or use the mlp space"
+        )
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(
+                f"cnn: input_shape must hold positive ints, got input_shape={shape}; "
+                "fix the dataset's shape"
+            )
+    return shape
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"cnn: {name} must be a positive int, got {name}={value!r}; pass e.g. 1")
+
+
+def _check_int_choices(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise ValueError(
+            f"cnn: {name} must be a list of ints, got {name}={values!r}; write e.g. [8, 16]"
+        )
+    choices = tuple(values)
+    if not choices:
+        raise ValueError(f"cnn: {name} must not be empty, got {name}=(); give at least one value")
+    for v in choices:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(
+                f"cnn: {name} must hold positive ints, got {name}={choices}; remove {v!r}"
+            )
+    return choices
+
+
+def _check_pools(values: Sequence[str]) -> tuple[str, ...]:
+    choices = (values,) if isinstance(values, str) else tuple(values)
+    if not choices or any(p not in _POOLS for p in choices):
+        raise ValueError(
+            f"cnn: pools must be a non-empty subset of {_POOLS}, got pools={choices}; "
+            "pick from those names"
+        )
+    return choices
