@@ -12,28 +12,33 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = ["NasError", "Run", "__version__", "load", "run", "search"]
 
+import nas.search as _search_package  # noqa: F401  (first, so that `nas.search` is the function)
 from nas.errors import NasError
 
 if TYPE_CHECKING:
-    from nas.run import Run
+    from nas.runs import Run
 
 
 def run(path: str, **kwargs: Any) -> Run:
-    """Run or resume an experiment; see :func:`nas.run.run`."""
-    from nas.run import run as _run
+    """Run or resume an experiment; see :func:`nas.runs.run`."""
+    from nas.runs import run as _run
 
     return _run(path, **kwargs)
 
 
 def load(run_dir: str) -> Run:
     """Open an existing run folder."""
-    from nas.run import Run
+    from nas.runs import Run
 
     return Run.open(run_dir)
 
 
 def search(*args: Any, **kwargs: Any) -> Any:
-    """Search over anything; see :func:`nas.api.search`."""
+    """Search over anything: ``space(trial) -> candidate``, ``evaluate(candidate) -> metrics``.
+
+    See :func:`nas.api.search` for the arguments. (The drivers live in the package
+    ``nas.search``; this function shadows it as an attribute of ``nas``.)
+    """
     from nas.api import search as _search
 
     return _search(*args, **kwargs)
@@ -41,7 +46,7 @@ def search(*args: Any, **kwargs: Any) -> Any:
 
 def __getattr__(name: str) -> Any:
     if name == "Run":
-        from nas.run import Run
+        from nas.runs import Run
 
         return Run
     raise AttributeError(name)

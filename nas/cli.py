@@ -59,7 +59,7 @@ def run(
     quiet: bool,
 ) -> None:
     """Run (or resume: re-run the same command) the search of EXPERIMENT (a YAML file)."""
-    from nas.run import run as run_experiment
+    from nas.runs import run as run_experiment
 
     r = run_experiment(
         experiment,
@@ -85,7 +85,7 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
 def front(run_dir: Path, where: str | None, as_json: bool) -> None:
     """Print the Pareto front of RUN_DIR and write RUN_DIR/pareto.png."""
-    from nas.run import Run
+    from nas.runs import Run
 
     rf = Run.open(run_dir).front(where)
     png = rf.front.plot(run_dir / "pareto.png")
@@ -106,7 +106,7 @@ def export(
     run_dir: Path, select: str | None, where: str | None, to: Path | None, quiet: bool
 ) -> None:
     """Export selected models of RUN_DIR (ONNX, safetensors, config, metrics), re-verified."""
-    from nas.run import Run
+    from nas.runs import Run
 
     dirs = Run.open(run_dir).front(where).export(to, select, progress=not quiet)
     click.echo(f"exported {len(dirs)} model(s) to {dirs[0].parent if dirs else '-'}")

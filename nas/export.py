@@ -25,7 +25,7 @@ from objectives import count_flops, count_params, model_size_bytes
 
 if TYPE_CHECKING:
     from nas.front import Front
-    from nas.run import Run
+    from nas.runs import Run
 
 
 class ExportVerificationError(RuntimeError):

@@ -17,7 +17,12 @@ def plot_front(front: Front, path: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     names = list(front.directions)
-    pairs = list(combinations(names, 2)) or [(names[0], names[0])]
+    pairs = [
+        (b, a)
+        if front.directions[a] == "maximize" and front.directions[b] == "minimize"
+        else (a, b)
+        for a, b in combinations(names, 2)
+    ] or [(names[0], names[0])]  # costs on x, quality on y, as NAS papers draw fronts
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
     on_front = {p.number for p in front.points}
     for ax, (xn, yn) in zip(axes[0], pairs, strict=True):

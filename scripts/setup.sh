@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-step set-up, idempotent: .venv, torch (CPU), the project with its dev extra, and the Debian
+# dataset package for Fashion-MNIST. Used by `make demo` and `make test`.
+#   TORCH_SPEC  torch requirement to install first (default torch==2.13.0, the CPU build here)
+#   PYTHON      interpreter for the venv (default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+STAMP="$VENV/.installed"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+want="$(cat pyproject.toml) $TORCH_SPEC"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(echo "$want" | sha256sum)" ]; then
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        echo "[setup] installing $TORCH_SPEC"
+        "$VENV/bin/pip" install -q "$TORCH_SPEC"
+    fi
+    echo "[setup] installing the project (pip install -e .[dev])"
+    "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$VENV/bin/python" -c "import nas, torch, optuna, onnxruntime" || {
+        echo "[setup] the install failed; see the pip output above" >&2; exit 1; }
+    echo "$want" | sha256sum > "$STAMP"
+fi
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+   && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[setup] installing the Debian package dataset-fashion-mnist"
+        (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || {
+            apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+    else
+        echo "[setup] note: Fashion-MNIST is missing; as root run" \
+             "'apt-get install dataset-fashion-mnist' (tests that need it are skipped)" >&2
+    fi
+fi

@@ -1,0 +1,181 @@
+"""End to end on the embedded default: 2 worker processes, SIGKILL, resume, front, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import QUICK, ROOT
+
+TRIALS = 10
+
+
+def _experiment(tmp_path: Path) -> Path:
+    data = yaml.safe_load(QUICK.read_text())
+    data["train"]["epochs"] = 25  # ~1 s per trial: long enough to kill a worker mid-trial
+    data["search"]["trials"] = TRIALS
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal"))
+    )
+    return optuna.load_study(study_name="nas", storage=storage)
+
+
+def _start(exp: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "run", str(exp), "--out", str(out), "--workers", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(pred, timeout: float = 120.0):  # noqa: ANN001, ANN202
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def _running_after(out: Path, n_complete: int):  # noqa: ANN202
+    if not (out / "study.journal").exists():
+        return None
+    try:
+        trials = _study(out).get_trials(deepcopy=False)
+    except Exception:
+        return None
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+    return running[0] if len(done) >= n_complete and running else None
+
+
+def _check_complete(out: Path, before: dict[int, tuple] | None = None) -> list:
+    trials = _study(out).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == TRIALS, [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for t in complete:  # every completed trial keeps its weights
+        assert (out / "weights" / f"trial-{t.number:05d}.safetensors").is_file()
+    if before:
+        now = {t.number: tuple(t.values) for t in complete}
+        assert all(now.get(n) == v for n, v in before.items()), "a completed trial was lost"
+    return trials
+
+
+def test_worker_sigkill_is_retried_and_run_completes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start(_experiment(tmp_path), out)
+    victim = _wait_for(lambda: _running_after(out, 2))
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert "died with SIGKILL" in log
+    trials = _check_complete(out)
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].params == victim.params
+    assert retry[0].state == TrialState.COMPLETE
+
+
+def test_whole_run_killed_then_resumed(tmp_path: Path) -> None:
+    exp, out = _experiment(tmp_path), tmp_path / "run"
+    proc = _start(exp, out)
+    _wait_for(lambda: _running_after(out, 3))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {
+        t.number: tuple(t.values)
+        for t in _study(out).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    assert 3 <= len(before) < TRIALS
+    stale = [t.number for t in _study(out).get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    assert stale  # killed mid-trial
+    resumed = _start(exp, out)
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    assert "resuming" in log
+    trials = _check_complete(out, before)
+    for n in stale:
+        assert next(t for t in trials if t.number == n).state == TrialState.FAIL
+        assert any(t.user_attrs.get("retry_of") == n for t in trials)
+    # a third run of the same command has nothing left to do
+    again = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "run", str(exp), "--out", str(out), "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(_check_complete(out, before)) == len(trials)
+
+    # front and export of the resumed run
+    exported = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "export", str(out), "--to", str(tmp_path / "exp"), "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    front = json.loads((out / "front.json").read_text())
+    dirs = sorted((tmp_path / "exp").glob("trial-*"))
+    assert len(dirs) == len(front["front"]) >= 1
+    for d in dirs:
+        assert {f.name for f in d.iterdir()} >= {
+            "model.onnx",
+            "weights.safetensors",
+            "config.json",
+            "metrics.json",
+        }
+        m = json.loads((d / "metrics.json").read_text())
+        assert abs(m["exported"]["test_accuracy"] - m["search"]["test_accuracy"]) <= 0.005
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_quick_experiment_two_workers_exact_count(tmp_path: Path, workers: int) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas.cli",
+            "run",
+            str(QUICK),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            "--trials",
+            str(TRIALS),
+            "-q",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    _check_complete(out)
+    assert (out / "pareto.png").is_file() and (out / "front.json").is_file()

@@ -1,0 +1,161 @@
+"""The CLI: every bad input is one line on stderr, exit code 2, no traceback, nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas.cli import main
+
+from tests.conftest import QUICK
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _exp(tmp_path: Path, **changes: object) -> Path:
+    data = yaml.safe_load(QUICK.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("run", "front", "export", "spaces", "objectives"):
+        assert cmd in out
+
+
+def test_spaces_and_objectives_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["spaces"]) == 0
+    assert {"cnn", "mlp", "mobilenet"} <= {
+        ln.split()[0] for ln in capsys.readouterr().out.splitlines()
+    }
+    assert main(["objectives"]) == 0
+    out = capsys.readouterr().out
+    assert "flops" in out and "before training" in out and "accuracy" in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"search__trialz": 3}, ("unknown key 'search.trialz'", "trials")),
+        ({"constraints": {"params": {"min": 5, "max": 1}}}, ("min <= max",)),
+        ({"space__name": "resnet9000"}, ("unknown space 'resnet9000'", "cnn")),
+        ({"objectives": {"acuracy": "maximize"}}, ("unknown objective 'acuracy'", "accuracy")),
+        ({"search__sampler": "cma"}, ("search.sampler", "'tpe'")),
+        ({"space__name": "missing_file.py:space"}, ("does not exist",)),
+        ({"space__args": {"min_depth": 5, "max_depth": 2}}, ("min_depth",)),
+        (
+            {"data__name": "fashion-mnist", "data__root": "/nonexistent/fm"},
+            ("/nonexistent/fm", "apt-get install dataset-fashion-mnist"),
+        ),
+        ({"search__storage": "not a url"}, ("not a valid URL",)),
+    ],
+)
+def test_run_bad_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, needles: tuple[str, ...]
+) -> None:
+    out = tmp_path / "run"
+    _fails(capsys, ["run", str(_exp(tmp_path, **changes)), "--out", str(out), "-q"], *needles)
+    assert not out.exists()
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: [cnn\nobjectives: {")
+    _fails(capsys, ["run", str(bad), "-q"], "invalid YAML", "line")
+    _fails(capsys, ["run", str(tmp_path / "nope.yaml"), "-q"], "does not exist")
+
+
+def test_space_file_that_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "myspace.py").write_text("raise RuntimeError('boom at import')\n")
+    exp = _exp(tmp_path, space__name=f"{tmp_path / 'myspace.py'}:space")
+    _fails(capsys, ["run", str(exp), "--out", str(tmp_path / "r"), "-q"], "boom at import")
+
+
+def test_space_that_raises_in_trials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "flaky.py").write_text(
+        "import torch\n"
+        "def space(trial, *, input_shape, num_classes, **kw):\n"
+        "    if trial.number > 0:\n"
+        "        raise ZeroDivisionError('bad candidate')\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_classes))\n"
+    )
+    exp = _exp(tmp_path, space__name=f"{tmp_path / 'flaky.py'}:space", space__args={})
+    out = tmp_path / "r"
+    _fails(
+        capsys,
+        ["run", str(exp), "--out", str(out), "--workers", "1", "-q"],
+        "ZeroDivisionError",
+        "bad candidate",
+    )
+    assert out.exists()  # the folder of a started run stays: its trials are kept
+
+
+def test_unreachable_storage_hides_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg2", reason="no PostgreSQL driver installed")
+    url = "postgresql://alice:s3cret@127.0.0.1:1/nas"
+    err = _fails(
+        capsys,
+        ["run", str(_exp(tmp_path, search__storage=url)), "-q", "--out", str(tmp_path / "r")],
+        "cannot open storage",
+    )
+    assert "s3cret" not in err
+
+
+def test_changed_experiment_leaves_run_untouched(
+    run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(run_copy)
+    exp = _exp(tmp_path, train__lr=0.5)
+    _fails(capsys, ["run", str(exp), "--out", str(run_copy), "-q"], "train.lr", "--out")
+    assert _snapshot(run_copy) == before
+
+
+def test_front_where_and_errors(
+    run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["front", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "(knee)" in out and "hypervolume" in out
+    assert (run_copy / "pareto.png").stat().st_size > 1000
+    assert main(["front", str(run_copy), "--where", "params <= 3000", "--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["front"] and all(p["metrics"]["params"] <= 3000 for p in data["front"])
+    _fails(capsys, ["front", str(run_copy), "--where", "latency <= 1"], "unknown metric 'latency'")
+    _fails(capsys, ["front", str(run_copy), "--where", "params < 0"], "matches --where")
+    _fails(capsys, ["front", str(run_copy), "--where", "__import__('os')"], "not allowed")
+    _fails(capsys, ["front", str(tmp_path)], "not a run folder")
+    _fails(capsys, ["export", str(run_copy), "--select", "9999"], "9999")
+    _fails(capsys, ["run", str(QUICK), "--out", str(run_copy), "--workers", "0"], "workers")
