@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from nas.cli import main
-
 from tests.conftest import QUICK
 
 

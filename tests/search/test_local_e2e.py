@@ -47,7 +47,7 @@ def _start(exp: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for(pred, timeout: float = 120.0):  # noqa: ANN001, ANN202
+def _wait_for(pred, timeout: float = 120.0):
     t0 = time.time()
     while time.time() - t0 < timeout:
         got = pred()
@@ -57,7 +57,7 @@ def _wait_for(pred, timeout: float = 120.0):  # noqa: ANN001, ANN202
     raise AssertionError("timed out waiting")
 
 
-def _running_after(out: Path, n_complete: int):  # noqa: ANN202
+def _running_after(out: Path, n_complete: int):
     if not (out / "study.journal").exists():
         return None
     try:
