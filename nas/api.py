@@ -79,7 +79,6 @@ def search(
         n_trials=n_trials,
         workers=1,
         seed=seed,
-        constrained=bool(cons),
     )
     with tempfile.TemporaryDirectory(prefix="nas-search-") as tmp:
         if storage is None:

@@ -125,7 +125,7 @@ def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
         metrics = dict(t.user_attrs.get("metrics", {}))
         metrics.update(t.user_attrs.get("final_metrics", {}))
         p = Point(t.number, dict(t.params), metrics)
-        ok = all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())
+        ok = all(v <= 0 for v in t.constraints.values())
         (feasible if ok else infeasible).append(p)
     return feasible, infeasible
 

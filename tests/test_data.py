@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_unknown_dataset_lists_valid_names() -> None:
 
 
 def test_mnist1d_unknown_arg() -> None:
-    with pytest.raises(NasError, match="mnist1d: unknown data.args key 'bogus'"):
+    with pytest.raises(NasError, match=re.escape("mnist1d: unknown data.args key 'bogus'")):
         load_data(DataConfig(name="mnist1d", args={"bogus": 1}))
 
 
@@ -149,8 +150,19 @@ def test_user_dataset_train_test(user_file: Path) -> None:
 
 
 def test_user_dataset_receives_data_args(user_file: Path) -> None:
-    s = load_data(DataConfig(name=f"{user_file}:two", args={"n": 50}))
-    assert len(s.train) + len(s.val) == 50
+    s = load_data(DataConfig(name=f"{user_file}:two", args={"n": 200}))
+    assert (len(s.train), len(s.val)) == (180, 20)
+
+
+@pytest.mark.xfail(
+    reason="BUG: the stratified val split lets sklearn's ValueError escape (not NasError) when "
+    "val would hold fewer examples than there are classes",
+    strict=True,
+)
+def test_user_dataset_too_small_for_stratified_val(user_file: Path) -> None:
+    # 50 examples, 10 classes, val_fraction 0.1 -> 5 val examples cannot hold all 10 classes
+    with pytest.raises(NasError):
+        load_data(DataConfig(name=f"{user_file}:two", args={"n": 50}))
 
 
 def test_user_dataset_train_val_test(user_file: Path) -> None:
@@ -182,6 +194,11 @@ def test_user_dataset_missing_file(tmp_path: Path) -> None:
         load_data(DataConfig(name=f"{tmp_path / 'absent.py'}:fn"))
 
 
+@pytest.mark.xfail(
+    reason="BUG: _as_arrays treats a bare array as a Dataset and crashes with TypeError instead "
+    "of raising NasError when a user's dataset returns (x, y) instead of (train, test)",
+    strict=True,
+)
 def test_user_dataset_wrong_return_shape(tmp_path: Path) -> None:
     path = tmp_path / "one.py"
     path.write_text("import numpy as np\ndef fn():\n    return (np.zeros((4, 2)), np.zeros(4))\n")

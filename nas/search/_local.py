@@ -58,7 +58,6 @@ def open_study(
     run_dir: Path,
     directions: list[str],
     *,
-    constrained: bool,
     worker_index: int = 0,
 ) -> tuple[optuna.Study, str]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -68,7 +67,6 @@ def open_study(
         n_trials=settings.n_trials,
         workers=settings.workers,
         seed=settings.seed + 1000 * worker_index,
-        constrained=constrained,
     )
     storage = open_storage(settings.storage, run_dir)
     return load_study(storage, directions, sampler), why
@@ -90,7 +88,6 @@ def _child(
             settings,
             run_dir,
             list(problem.directions.values()),
-            constrained=bool(problem.constraints),
             worker_index=index,
         )
         run_loop(
@@ -129,9 +126,7 @@ def optimize(
     run_dir.mkdir(parents=True, exist_ok=True)
     problem = problem or factory()
     directions = dict(problem.directions)
-    study, why = open_study(
-        settings, run_dir, list(directions.values()), constrained=bool(problem.constraints)
-    )
+    study, why = open_study(settings, run_dir, list(directions.values()))
     lock = run_dir / LOCK_FILE
     deadline = time.time() + settings.timeout if settings.timeout else None
     c = counts(study)

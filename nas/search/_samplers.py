@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from nas.errors import NasError
 
 SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "random", "gp")
-
-
-def constraint_values(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna ``constraints_func``: the values stored by the worker (<= 0 is feasible)."""
-    return list(trial.user_attrs.get("constraints", {}).values()) or [0.0]
 
 
 def choose_sampler(name: str, *, n_objectives: int, n_trials: int, workers: int) -> tuple[str, str]:
@@ -42,36 +35,32 @@ def make_sampler(
     n_trials: int,
     workers: int,
     seed: int | None,
-    constrained: bool,
 ) -> tuple[optuna.samplers.BaseSampler, str]:
-    """Build the sampler; return it with a one-line explanation of the choice."""
+    """Build the sampler; return it with a one-line explanation of the choice.
+
+    Constraints reach every sampler through the trials themselves (``trial.set_constraint``).
+    """
     if name not in SAMPLERS:
         raise NasError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     resolved, why = choose_sampler(
         name, n_objectives=n_objectives, n_trials=n_trials, workers=workers
     )
-    cf = constraint_values if constrained else None
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     s = optuna.samplers
     if resolved == "tpe":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         sampler: s.BaseSampler = s.TPESampler(
             seed=seed,
             multivariate=True,
             group=True,
             constant_liar=workers > 1,
             n_startup_trials=max(3, min(10, n_trials // 4)),
-            constraints_func=cf,
         )
     elif resolved == "nsga2":
-        sampler = s.NSGAIISampler(
-            seed=seed, population_size=min(50, max(4, n_trials // 10)), constraints_func=cf
-        )
+        sampler = s.NSGAIISampler(seed=seed, population_size=min(50, max(4, n_trials // 10)))
     elif resolved == "nsga3":
-        sampler = s.NSGAIIISampler(
-            seed=seed, population_size=min(50, max(4, n_trials // 10)), constraints_func=cf
-        )
+        sampler = s.NSGAIIISampler(seed=seed, population_size=min(50, max(4, n_trials // 10)))
     elif resolved == "gp":
-        sampler = s.GPSampler(seed=seed, constraints_func=cf, warn_independent_sampling=False)
+        sampler = s.GPSampler(seed=seed, warn_independent_sampling=False)
     else:
         sampler = s.RandomSampler(seed=seed)
     return sampler, f"sampler {resolved} ({why})"

@@ -137,6 +137,8 @@ def run_loop(
                 raise Rejected(reason, metrics)
             metrics.update(problem.evaluate(candidate, trial))
         except Rejected as rej:
+            for name, value in violations(problem.constraints, rej.metrics).items():
+                trial.set_constraint(name, value)
             trial.set_user_attr("metrics", rej.metrics)
             trial.set_user_attr("rejected", rej.reason)
             trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
@@ -162,7 +164,8 @@ def run_loop(
                     f"return every objective in the metrics dict"
                 )
             trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
-            trial.set_user_attr("constraints", violations(problem.constraints, metrics))
+            for name, value in violations(problem.constraints, metrics).items():
+                trial.set_constraint(name, value)  # <= 0 is feasible; samplers read these
             trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
             frozen = study.tell(trial, [float(metrics[n]) for n in names])
             errors.clear()

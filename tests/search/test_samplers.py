@@ -1,0 +1,50 @@
+"""Every sampler runs a small constrained multi-objective search; ``auto`` explains its choice."""
+
+from __future__ import annotations
+
+import pytest
+
+import nas
+from nas.search import SAMPLERS, make_sampler
+from nas.search._samplers import choose_sampler
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_each_sampler_reaches_exact_trial_count(name: str) -> None:
+    calls = []
+
+    def space(trial):
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    def evaluate(x: float) -> dict[str, float]:
+        calls.append(x)
+        return {"quality": x**0.5}
+
+    result = nas.search(
+        space,
+        evaluate,
+        {"quality": "maximize", "cost": "minimize"},
+        static={"cost": lambda x: x},
+        n_trials=12,
+        sampler=name,
+        seed=1,
+        constraints={"cost": {"max": 0.8}},
+    )
+    complete = [t for t in result.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 12 == len(calls)
+    assert all(x <= 0.8 for x in calls)  # violators are never evaluated
+    assert result.front and all(p.metrics["cost"] <= 0.8 for p in result.front)
+
+
+def test_auto_choice_depends_on_budget_and_objectives() -> None:
+    assert choose_sampler("auto", n_objectives=2, n_trials=50, workers=1)[0] == "tpe"
+    assert "constant liar" in choose_sampler("auto", n_objectives=2, n_trials=50, workers=4)[1]
+    assert choose_sampler("auto", n_objectives=2, n_trials=5000, workers=1)[0] == "nsga2"
+    assert choose_sampler("auto", n_objectives=4, n_trials=5000, workers=1)[0] == "nsga3"
+    _, why = make_sampler("auto", n_objectives=2, n_trials=50, workers=1, seed=0)
+    assert why.startswith("sampler tpe")
+
+
+def test_unknown_sampler_is_bad_input() -> None:
+    with pytest.raises(nas.NasError, match="choose one of"):
+        make_sampler("cmaes", n_objectives=2, n_trials=5, workers=1, seed=0)
