@@ -30,8 +30,9 @@ def main() -> None:
     nas = [sys.executable, "-m", "nas.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        t_run = _timed([*nas, "run", str(EXPERIMENT), "--out", str(run_dir), "--workers", "2",
-                        "-q"])
+        t_run = _timed(
+            [*nas, "run", str(EXPERIMENT), "--out", str(run_dir), "--workers", "2", "-q"]
+        )
         t_export = _timed([*nas, "export", str(run_dir), "--to", str(run_dir / "exports"), "-q"])
         front = json.loads((run_dir / "front.json").read_text())
         summary = json.loads((run_dir / "exports" / "summary.json").read_text())
@@ -40,27 +41,44 @@ def main() -> None:
         "command": "python benchmarks/demo.py",
         "machine": f"{platform.machine()}, Python {platform.python_version()}, 2 cores",
         "date": time.strftime("%Y-%m-%d"),
-        "search_s": round(t_run, 1), "export_s": round(t_export, 1),
+        "search_s": round(t_run, 1),
+        "export_s": round(t_export, 1),
         "total_s": round(t_run + t_export, 1),
-        "front_size": len(front["front"]), "hypervolume": round(front["hypervolume"], 4),
-        "exported": len(summary), "max_onnx_vs_torch_test_accuracy_gap": max(gaps),
-        "front": [{"trial": r["trial"], "test_accuracy": round(r["test_accuracy"], 4),
-                   "flops": r["flops"], "params": r["params"],
-                   "latency_ms_batch1": round(r["latency_ms_batch1"], 4)} for r in summary],
+        "front_size": len(front["front"]),
+        "hypervolume": round(front["hypervolume"], 4),
+        "exported": len(summary),
+        "max_onnx_vs_torch_test_accuracy_gap": max(gaps),
+        "front": [
+            {
+                "trial": r["trial"],
+                "test_accuracy": round(r["test_accuracy"], 4),
+                "flops": r["flops"],
+                "params": r["params"],
+                "latency_ms_batch1": round(r["latency_ms_batch1"], 4),
+            }
+            for r in summary
+        ],
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Demo: {EXPERIMENT.name} ({result['date']}, {result['machine']})", "",
-             f"`{result['command']}`: search {result['search_s']} s + export "
-             f"{result['export_s']} s = **{result['total_s']} s**; front of "
-             f"**{result['front_size']}** models (HV {result['hypervolume']}), all exported and "
-             f"re-verified (max ONNX vs torch test-accuracy gap "
-             f"{result['max_onnx_vs_torch_test_accuracy_gap']:.4f}).", "",
-             "| trial | test accuracy | multiply-adds | params | ORT latency b=1 (ms) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['trial']} | {r['test_accuracy']} | {r['flops']:.0f} | {r['params']:.0f} | "
-              f"{r['latency_ms_batch1']} |" for r in result["front"]]
+    lines = [
+        f"# Demo: {EXPERIMENT.name} ({result['date']}, {result['machine']})",
+        "",
+        f"`{result['command']}`: search {result['search_s']} s + export "
+        f"{result['export_s']} s = **{result['total_s']} s**; front of "
+        f"**{result['front_size']}** models (HV {result['hypervolume']}), all exported and "
+        f"re-verified (max ONNX vs torch test-accuracy gap "
+        f"{result['max_onnx_vs_torch_test_accuracy_gap']:.4f}).",
+        "",
+        "| trial | test accuracy | multiply-adds | params | ORT latency b=1 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['trial']} | {r['test_accuracy']} | {r['flops']:.0f} | {r['params']:.0f} | "
+        f"{r['latency_ms_batch1']} |"
+        for r in result["front"]
+    ]
     (out / "demo.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -54,29 +54,46 @@ def measure(workers: int, trials: int, sampler: str) -> dict[str, float]:
         wall = (last - first).total_seconds()
         work = sum(t.user_attrs["eval_seconds"] for t in done)
     overhead = (workers * wall - work) / len(done)
-    return {"workers": workers, "sampler": sampler, "trials": len(done),
-            "wall_s": round(wall, 3), "trial_work_s": round(work, 3),
-            "total_incl_startup_s": round(total, 3),
-            "overhead_ms_per_trial": round(overhead * 1e3, 2)}
+    return {
+        "workers": workers,
+        "sampler": sampler,
+        "trials": len(done),
+        "wall_s": round(wall, 3),
+        "trial_work_s": round(work, 3),
+        "total_incl_startup_s": round(total, 3),
+        "overhead_ms_per_trial": round(overhead * 1e3, 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
     args = ap.parse_args()
-    rows = [measure(w, args.trials, s) for w, s in ((1, "auto"), (1, "random"), (2, "auto"),
-                                                     (2, "random"))]
+    rows = [
+        measure(w, args.trials, s)
+        for w, s in ((1, "auto"), (1, "random"), (2, "auto"), (2, "random"))
+    ]
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": f"python benchmarks/overhead.py --trials {args.trials}",
-            "machine": f"{platform.machine()}, {platform.python_version()}, 2 cores",
-            "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "command": f"python benchmarks/overhead.py --trials {args.trials}",
+        "machine": f"{platform.machine()}, {platform.python_version()}, 2 cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Engine overhead per trial ({meta['date']})", "", f"`{meta['command']}`", "",
-             "| workers | sampler | trials | wall s | trial work s | overhead ms/trial |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['sampler']} | {r['trials']} | {r['wall_s']} | "
-              f"{r['trial_work_s']} | {r['overhead_ms_per_trial']} |" for r in rows]
+    lines = [
+        f"# Engine overhead per trial ({meta['date']})",
+        "",
+        f"`{meta['command']}`",
+        "",
+        "| workers | sampler | trials | wall s | trial work s | overhead ms/trial |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['workers']} | {r['sampler']} | {r['trials']} | {r['wall_s']} | "
+        f"{r['trial_work_s']} | {r['overhead_ms_per_trial']} |"
+        for r in rows
+    ]
     (out / "overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from pydantic import ValidationError
 
 from nas.config import Bound
 from nas.errors import NasError
@@ -55,6 +56,17 @@ class _FunctionProblem:
         return {k: float(v) for k, v in out.items()}
 
 
+def _bound(name: str, value: Bound | Mapping[str, float]) -> Bound:
+    if isinstance(value, Bound):
+        return value
+    try:
+        return Bound.model_validate(value)
+    except ValidationError as err:
+        e = err.errors()[0]
+        msg = e["msg"].removeprefix("Value error, ")
+        raise NasError(f"constraints[{name!r}]: {msg}; write e.g. {{'max': 2e6}}") from None
+
+
 def search(
     space: Callable[[optuna.Trial], Any],
     evaluate: Callable[[Any], Mapping[str, float]],
@@ -68,10 +80,14 @@ def search(
     constraints: Mapping[str, Bound | Mapping[str, float]] | None = None,
 ) -> SearchResult:
     """Run a multi-objective search in this process; return its front and study."""
+    if not directions:
+        raise NasError(
+            "directions is empty; name at least one metric, e.g. {'accuracy': 'maximize'}"
+        )
     bad = {k: v for k, v in directions.items() if v not in ("maximize", "minimize")}
     if bad:
         raise NasError(f"directions {bad} must be 'maximize' or 'minimize'")
-    cons = {k: (v if isinstance(v, Bound) else Bound(**v)) for k, v in (constraints or {}).items()}
+    cons = {k: _bound(k, v) for k, v in (constraints or {}).items()}
     problem = _FunctionProblem(space, evaluate, dict(directions), cons, dict(static or {}))
     smp, _ = make_sampler(
         sampler,

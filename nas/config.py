@@ -6,6 +6,7 @@ key, the value and the fix, on one line (raised as :class:`nas.errors.NasError`)
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,11 +136,17 @@ class Experiment(_Strict):
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed beside the last part of ``loc`` (walks models and dict-valued fields)."""
     model: Any = Experiment
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(parts.pop(0))
         ann = getattr(field, "annotation", None)
-        candidates = [ann, *getattr(ann, "__args__", ())]
+        if typing.get_origin(ann) is dict:  # e.g. objectives: dict[str, ObjectiveSpec]
+            ann = typing.get_args(ann)[1]
+            if parts:
+                parts.pop(0)  # the entry's own name
+        candidates = [ann, *typing.get_args(ann)]
         model = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
@@ -149,7 +156,9 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _format_error(source: str, err: ValidationError) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # an unknown key is the likeliest root cause (e.g. a misspelt required key): report it first
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
     if e["type"] == "extra_forbidden":
         valid = ", ".join(_valid_keys(tuple(e["loc"])))
@@ -172,13 +181,29 @@ def parse_experiment(data: Any, source: str = "experiment") -> Experiment:
         raise NasError(_format_error(source, err)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise NasError(f"duplicate key {key!r} at line {line}; keep only one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
     p = Path(path)
     if not p.is_file():
         raise NasError(f"experiment file {str(p)!r} does not exist; pass the path of a YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+    except NasError as err:
+        raise NasError(f"{p}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

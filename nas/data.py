@@ -89,9 +89,15 @@ def _fashion_mnist(cfg: DataConfig) -> tuple[Arrays, Arrays]:
 def _holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Arrays, Arrays]:
     from sklearn.model_selection import train_test_split
 
-    xa, xb, ya, yb = train_test_split(
-        x, y, test_size=fraction, random_state=_SPLIT_SEED, stratify=y
-    )
+    try:
+        xa, xb, ya, yb = train_test_split(
+            x, y, test_size=fraction, random_state=_SPLIT_SEED, stratify=y
+        )
+    except ValueError as err:
+        raise NasError(
+            f"cannot hold out a stratified {fraction:g} of {len(y)} examples ({err}); raise "
+            f"data.val_fraction, or return (train, val, test) from the dataset function"
+        ) from None
     return (xa, ya), (xb, yb)
 
 
@@ -133,14 +139,20 @@ DATASETS.register("mnist1d", _mnist1d)
 
 
 def _as_arrays(part: Any, what: str) -> Arrays:
+    expected = f"{what}: each split must be an (x, y) pair or a Dataset of (x, y) items"
     if isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], tuple):
         x, y = part
+    elif isinstance(part, np.ndarray | torch.Tensor):
+        raise NasError(f"{expected}, got a bare {type(part).__name__}; return (train, test)")
     elif hasattr(part, "__getitem__") and hasattr(part, "__len__"):
-        items = [part[i] for i in range(len(part))]
-        x = np.stack([np.asarray(a) for a, _ in items])
-        y = np.asarray([int(b) for _, b in items])
+        try:
+            items = [part[i] for i in range(len(part))]
+            x = np.stack([np.asarray(a) for a, _ in items])
+            y = np.asarray([int(b) for _, b in items])
+        except (TypeError, ValueError) as err:
+            raise NasError(f"{expected} ({err})") from None
     else:
-        raise NasError(f"{what}: expected an (x, y) pair or a Dataset of (x, y), got {type(part)}")
+        raise NasError(f"{expected}, got {type(part).__name__}")
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     return x.astype(np.float32), y.astype(np.int64)

@@ -109,7 +109,10 @@ def parse_where(expr: str, known: Sequence[str]) -> Callable[[Mapping[str, float
                 left = right
             return True
         if isinstance(node, ast.BinOp):
-            return _BIN[type(node.op)](ev(node.left, env), ev(node.right, env))
+            try:
+                return _BIN[type(node.op)](ev(node.left, env), ev(node.right, env))
+            except ZeroDivisionError:
+                return math.nan  # compares false: the point does not match
         if isinstance(node, ast.Name):
             return env.get(node.id, math.nan)
         assert isinstance(node, ast.Constant)

@@ -120,11 +120,6 @@ def test_missing_objective_in_evaluate() -> None:
         nas.search(space, lambda c: {"q": c}, DIRS, static={"cost": lambda c: c}, n_trials=2)
 
 
-@pytest.mark.xfail(
-    reason="BUG: nas.search builds Bound(**v) unguarded, so a bad constraint raises pydantic's "
-    "multi-line ValidationError instead of a one-line NasError",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "bound", [{"min": 3, "max": 1}, {"maxx": 1}, {}], ids=["inverted", "unknown-key", "empty"]
 )
@@ -135,20 +130,11 @@ def test_bad_constraint_is_a_one_line_nas_error(bound: dict[str, float]) -> None
     assert "cost" in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: empty directions reach optuna.create_study, which raises a plain ValueError",
-    strict=True,
-)
 def test_empty_directions() -> None:
     with pytest.raises(NasError):
         nas.search(space, Evaluate(), {}, n_trials=2)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a constraint on a metric that neither static nor evaluate produces is silently "
-    "ignored (violations() skips it), so a typo disables the constraint",
-    strict=True,
-)
 def test_constraint_on_an_unknown_metric() -> None:
     with pytest.raises(NasError, match="cots"):
         _search(Evaluate(), n_trials=3, constraints={"cots": {"max": 0.1}})

@@ -154,11 +154,6 @@ def test_user_dataset_receives_data_args(user_file: Path) -> None:
     assert (len(s.train), len(s.val)) == (180, 20)
 
 
-@pytest.mark.xfail(
-    reason="BUG: the stratified val split lets sklearn's ValueError escape (not NasError) when "
-    "val would hold fewer examples than there are classes",
-    strict=True,
-)
 def test_user_dataset_too_small_for_stratified_val(user_file: Path) -> None:
     # 50 examples, 10 classes, val_fraction 0.1 -> 5 val examples cannot hold all 10 classes
     with pytest.raises(NasError):
@@ -194,11 +189,6 @@ def test_user_dataset_missing_file(tmp_path: Path) -> None:
         load_data(DataConfig(name=f"{tmp_path / 'absent.py'}:fn"))
 
 
-@pytest.mark.xfail(
-    reason="BUG: _as_arrays treats a bare array as a Dataset and crashes with TypeError instead "
-    "of raising NasError when a user's dataset returns (x, y) instead of (train, test)",
-    strict=True,
-)
 def test_user_dataset_wrong_return_shape(tmp_path: Path) -> None:
     path = tmp_path / "one.py"
     path.write_text("import numpy as np\ndef fn():\n    return (np.zeros((4, 2)), np.zeros(4))\n")

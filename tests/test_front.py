@@ -110,10 +110,6 @@ def test_parse_where_syntax_error(expr: str) -> None:
         parse_where(expr, KNOWN)
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_where's evaluator lets ZeroDivisionError escape from a user expression",
-    strict=True,
-)
 def test_parse_where_division_by_zero_does_not_crash() -> None:
     pred = parse_where("flops / params > 1", KNOWN)
     try:

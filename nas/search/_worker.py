@@ -157,6 +157,12 @@ def run_loop(
                 ) from None
             continue
         else:
+            missing = [n for n in problem.constraints if n not in metrics]
+            if missing:
+                raise NasError(
+                    f"constraint(s) on {missing} name no metric the trial produced "
+                    f"({sorted(metrics)}); fix the constraint's name"
+                )
             missing = [n for n in names if n not in metrics]
             if missing:
                 raise NasError(

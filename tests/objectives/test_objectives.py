@@ -106,11 +106,6 @@ def test_flops_of_conv() -> None:
     assert count_flops(strided, (3, 8, 8)) == (4 * 4 * 4) * (3 * 3 * 3)
 
 
-@pytest.mark.xfail(
-    reason="BUG: objectives/flops.py ignores batch_norm with set_op_handle(op, None), which "
-    "fvcore only uses to silence warnings; the registered BN handle still counts 2 per element",
-    strict=True,
-)
 def test_flops_do_not_count_batch_norm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
     assert count_flops(model, (3, 8, 8)) == (8 * 8 * 8) * (3 * 3 * 3)
@@ -164,9 +159,6 @@ def test_flops_match_torch_flop_counter_without_bn() -> None:
     assert pool_inputs == 16 * 2 * 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: BatchNorm is counted (see test_flops_do_not_count_batch_norm)", strict=True
-)
 def test_flops_match_torch_flop_counter_with_bn() -> None:
     model = _cnn(batch_norm=True)
     macs, pool_inputs = _flop_counter_macs_and_pool(model)
