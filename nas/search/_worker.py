@@ -131,6 +131,7 @@ def run_loop(
         t0 = time.perf_counter()
         try:
             candidate = problem.sample(trial)
+            trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
             metrics = problem.static(candidate)
             reason = describe_violation(problem.constraints, metrics)
             if reason is not None:
