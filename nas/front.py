@@ -133,8 +133,13 @@ def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
     return feasible, infeasible
 
 
+def _signs(directions: Mapping[str, str]) -> np.ndarray:
+    """+1 for minimised, -1 for maximised objectives: multiply to get a minimisation problem."""
+    return np.array([-1.0 if d == "maximize" else 1.0 for d in directions.values()])
+
+
 def _as_min(points: Sequence[Point], directions: Mapping[str, str]) -> np.ndarray:
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions.values()])
+    sign = _signs(directions)
     return (
         np.array([[p.metrics[n] for n in directions] for p in points], dtype=float).reshape(
             len(points), len(directions)
@@ -157,7 +162,7 @@ def default_reference(points: Sequence[Point], directions: Mapping[str, str]) ->
     m = _as_min(points, directions)
     worst, best = m.max(axis=0), m.min(axis=0)
     ref = worst + 0.1 * np.where(worst > best, worst - best, np.maximum(np.abs(worst), 1.0))
-    sign = [-1.0 if d == "maximize" else 1.0 for d in directions.values()]
+    sign = _signs(directions)
     return {n: float(r * s) for n, r, s in zip(directions, ref, sign, strict=True)}
 
 
@@ -172,7 +177,7 @@ def hypervolume(
         return 0.0
     import moocore
 
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions.values()])
+    sign = _signs(directions)
     m = _as_min(points, directions)
     ref = np.array([reference[n] for n in directions]) * sign
     lo = (np.array([ideal[n] for n in directions]) * sign) if ideal else m.min(axis=0)
@@ -229,7 +234,7 @@ class Front:
     def ideal(self) -> dict[str, float]:
         pts = self.candidates or self.points
         m = _as_min(pts, self.directions).min(axis=0)
-        sign = [-1.0 if d == "maximize" else 1.0 for d in self.directions.values()]
+        sign = _signs(self.directions)
         return {n: float(v * s) for n, v, s in zip(self.directions, m, sign, strict=True)}
 
     def knee(self) -> Point:
