@@ -86,6 +86,7 @@ class Run:
         return self._splits
 
     def study(self) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(self.exp.search.storage, self.dir)
         return load_study(storage, list(self.directions.values()), optuna.samplers.RandomSampler())
 

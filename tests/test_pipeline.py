@@ -1,0 +1,42 @@
+"""The pipeline: cheap metrics first, a violated hard constraint is never trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from optuna.trial import TrialState
+
+import nas
+from tests.conftest import QUICK
+
+
+def test_static_constraint_rejects_before_training(tmp_path: Path) -> None:
+    data = yaml.safe_load(QUICK.read_text())
+    data["constraints"] = {"params": {"max": 1500}}  # most mlp candidates are larger
+    data["search"].update(trials=3, workers=1, sampler="random")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(data))
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    trials = run.study().get_trials(deepcopy=False)
+    rejected = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and rejected
+    for t in rejected:
+        assert "breaks params <= 1500" in t.user_attrs["rejected"]
+        assert "train_seconds" not in t.user_attrs  # never trained
+        assert not (tmp_path / "run" / "weights" / f"trial-{t.number:05d}.safetensors").exists()
+        assert t.constraints["params"] > 0
+    for t in complete:
+        assert t.user_attrs["metrics"]["params"] <= 1500
+        assert "train_seconds" in t.user_attrs and "test_accuracy" in t.user_attrs["metrics"]
+
+
+def test_resume_may_raise_the_trial_budget(finished_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = len(nas.load(str(run_dir)).front().front.candidates)
+    run = nas.run(str(QUICK), out=run_dir, workers=1, trials=before + 2, progress=False)
+    assert len(run.front().front.candidates) == before + 2
