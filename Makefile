@@ -25,6 +25,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/demo.py
 
 clean:
 	rm -rf runs .pytest_cache
