@@ -121,7 +121,6 @@ def test_space_that_raises_in_trials(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_unreachable_storage_hides_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("psycopg2", reason="no PostgreSQL driver installed")
     url = "postgresql://alice:s3cret@127.0.0.1:1/nas"
     err = _fails(
         capsys,
