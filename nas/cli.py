@@ -1,4 +1,4 @@
-"""The ``nas`` command: run | front | export | spaces | objectives.
+"""The ``nas`` command: run | front | export | spaces | objectives | techniques.
 
 Bad input prints one line (``error: <what is wrong>; <the fix>``) to stderr and exits with 2.
 """
@@ -131,6 +131,20 @@ def objectives() -> None:
         o = OBJECTIVES.get(name)
         when = "after training" if o.needs_training else "before training"
         click.echo(f"{name:12s} {o.direction:8s} {when:16s} {o.description}")
+
+
+@cli.command()
+def techniques() -> None:
+    """List the compression techniques, their knobs (domain, default range) and exports."""
+    from nas.compress import list_techniques
+
+    for t in list_techniques():
+        click.echo(f"{t.name:10s} {t.description}")
+        for k in t.knobs:
+            per = "  (per_layer: true samples it per layer)" if k.name == t.per_layer_knob else ""
+            click.echo(f"    {k.name:9s} {k.kind:5s} in {k.describe_domain():12s} default "
+                       f"{list(k.default)}  {k.help}{per}")
+        click.echo(f"    exports: {t.exports}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    finetune_lr: float | None = Field(None, gt=0)  # fine-tune after compression; default lr / 3
 
 
 class ObjectiveSpec(_Strict):
@@ -97,6 +98,7 @@ class Experiment(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     space: SpaceConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    compression: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     objectives: dict[str, ObjectiveSpec]
     constraints: dict[str, Bound] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)

@@ -1,10 +1,14 @@
 """Export selected trials as deployable models, re-measured after export.
 
 For each model: ``model.onnx`` (fp32, BN folded, dynamic batch), ``weights.safetensors``,
-``config.json`` (space, args, params, input shape: enough to rebuild it with
-``nas.space.rebuild``), ``metrics.json`` (search-time and re-measured). The ONNX model is
-re-evaluated on the test split with onnxruntime; if its accuracy differs from the recorded test
-accuracy by more than ``export.tolerance`` the export fails and nothing of that model is written.
+``config.json`` (space, args, params, input shape: enough to rebuild an uncompressed model with
+``nas.space.rebuild``; the compression applied), ``metrics.json`` (search-time and re-measured).
+A compressed model also gets ``model.pt`` (the whole module: its shapes changed), an 8-bit one
+``model.int8.onnx`` (real int8, what is deployed and verified), a model below 8 bits
+``weights.packed.safetensors`` (the weights at their bit width; inference dequantizes them).
+The deployed ONNX model is re-evaluated on the test split with onnxruntime; if its accuracy differs
+from the recorded test accuracy by more than ``export.tolerance`` the export fails and nothing of
+that model is written.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas import onnx_utils
+from nas.compress import Context
 from nas.errors import NasError
-from nas.pipeline import load_weights, weights_path
+from nas.pipeline import (
+    CALIBRATION_EXAMPLES,
+    deployed_onnx,
+    load_trial,
+    load_weights,
+    module_path,
+    weights_path,
+)
 from nas.search._problem import Point
 from nas.space import rebuild, resolve_space
 from objectives import count_flops, count_params, model_size_bytes
@@ -65,22 +77,44 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             f"the trial is trained again"
         )
     splits = run.splits
-    space = resolve_space(run.exp.space.name)
-    model = load_weights(
-        rebuild(
+    model = load_trial(run.dir, p.number)  # a compressed trial's module (its shapes changed)
+    if model is None:
+        space = resolve_space(run.exp.space.name)
+        model = rebuild(
             space,
             p.params,
             input_shape=splits.input_shape,
             num_classes=splits.num_classes,
             args=run.exp.space.args,
-        ),
-        src,
-    )
+        )
+        model = load_weights(model, src)
+    compression = dict(getattr(model, "nas_compression", {}))
     tmp = Path(tempfile.mkdtemp(prefix=f".trial-{p.number}-", dir=dest.parent))
     try:
-        onnx_utils.to_onnx(model, splits.input_shape, tmp / "model.onnx")
+        deployed = deployed_onnx(
+            model, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
+        )
+        plain, int8 = model, False
+        if "quantize" in compression:
+            from nas.compress.quant_ops import pack_weights, strip_qat
+            from nas.compress.quantize import is_int8
+
+            plain = strip_qat(model)
+            int8 = is_int8(compression["quantize"])
+            packed = pack_weights(model)
+            if packed:  # weights below 8 bits, stored at their width
+                from safetensors.torch import save_file
+
+                save_file(packed, str(tmp / "weights.packed.safetensors"))
+        onnx_utils.to_onnx(plain, splits.input_shape, tmp / "model.onnx")
+        model_file = tmp / "model.onnx"
+        if int8 and deployed is not None:
+            model_file = tmp / "model.int8.onnx"
+            model_file.write_bytes(deployed)
         shutil.copyfile(src, tmp / "weights.safetensors")
-        sess = onnx_utils.session(tmp / "model.onnx", threads=1)
+        if compression:
+            shutil.copyfile(module_path(run.dir, p.number), tmp / "model.pt")
+        sess = onnx_utils.session(model_file, threads=1)
         acc = onnx_utils.accuracy(sess, splits.test.x, splits.test.y)
         recorded = p.metrics.get("test_accuracy")
         tol = run.exp.export.tolerance
@@ -95,7 +129,7 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             "flops": float(count_flops(model, splits.input_shape)),
             "params": float(count_params(model)),
             "size_bytes": float(model_size_bytes(model)),
-            "onnx_file_bytes": float((tmp / "model.onnx").stat().st_size),
+            "onnx_file_bytes": float(model_file.stat().st_size),
             f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
         }
         config = {
@@ -108,7 +142,13 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             "num_classes": splits.num_classes,
             "dataset": run.exp.data.name,
             "input": "float32 tensor (batch, *input_shape); image pixels scaled to [0, 1]",
-            "onnx": {"opset": onnx_utils.OPSET, "input": "input", "output": "logits"},
+            "onnx": {
+                "opset": onnx_utils.OPSET,
+                "input": "input",
+                "output": "logits",
+                "deployed": model_file.name,
+            },
+            "compression": compression,
         }
         metrics = {"search": p.metrics, "exported": exported}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

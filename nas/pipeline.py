@@ -1,4 +1,5 @@
-"""ONE trial of an experiment: build -> cheap metrics -> train -> measure -> save weights.
+"""ONE trial of an experiment: build -> cheap metrics -> train -> compress -> fine-tune ->
+measure -> save.
 
 This module is the only place that orders these steps. Objectives see the model as it will be
 exported. Cheap metrics come first so that a hard constraint rejects a candidate before training.
@@ -7,17 +8,23 @@ exported. Cheap metrics come first so that a hard constraint rejects a candidate
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from torch import nn
 
-from nas.config import Bound, Experiment
+from nas import onnx_utils
+from nas.compress import Context, Settings, Technique, parse_compression
+from nas.config import Bound, Experiment, TrainConfig
 from nas.data import Split, Splits, load_data
 from nas.errors import NasError
+from nas.search._problem import Rejected
 from nas.space import Space, build_model, resolve_space
 from nas.train import evaluate, seed_everything, train
 from objectives import OBJECTIVES, MeasureContext, Objective
@@ -58,9 +65,44 @@ def directions(exp: Experiment) -> dict[str, str]:
     }
 
 
+CALIBRATION_EXAMPLES = 512
+
+
+@dataclass
+class Step:
+    """One technique of a candidate's compression plan, with its sampled knobs."""
+
+    technique: Technique
+    settings: Settings
+    knobs: dict[str, Any]
+
+
+@dataclass
+class Candidate:
+    """A sampled architecture and its compression plan (techniques in application order)."""
+
+    model: nn.Module
+    plan: list[Step]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {s.technique.name: s.knobs for s in self.plan}
+
+
 @dataclass
 class ExperimentProblem:
-    """An experiment as a search problem (see :class:`nas.search.Problem`)."""
+    """An experiment as a search problem (see :class:`nas.search.Problem`).
+
+    The order of one trial, here and nowhere else:
+
+    1. build the architecture, then sample each technique's knobs (define-by-run);
+    2. cheap metrics on the model as it will be exported (structure from the knobs; slimming's
+       channel choice depends on trained gammas, so its cheap metrics are estimates) -> a
+       violated hard constraint rejects the candidate before training;
+    3. train, with every technique's loss hooks (e.g. slimming's BN-gamma L1);
+    4. apply the techniques in order (slimming -> lowrank -> quantize), then fine-tune;
+    5. build the deployed model (int8 ONNX at 8 bits) and measure every metric on it;
+    6. save the weights (and the whole module when compression changed its structure).
+    """
 
     exp: Experiment
     run_dir: Path
@@ -69,12 +111,14 @@ class ExperimentProblem:
     directions: dict[str, str] = field(init=False)
     constraints: dict[str, Bound] = field(init=False)
     metrics: dict[str, Objective] = field(init=False)
+    techniques: list[tuple[Technique, Settings]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.space = resolve_space(self.exp.space.name)
         self.directions = directions(self.exp)
         self.constraints = dict(self.exp.constraints)
         self.metrics = resolve_objectives(self.exp)
+        self.techniques = parse_compression(self.exp.compression)
         if self.splits is None:
             self.splits = load_data(self.exp.data)
 
@@ -83,40 +127,142 @@ class ExperimentProblem:
         assert self.splits is not None
         return self.splits
 
-    def _ctx(self, name: str, split: Split | None) -> MeasureContext:
-        spec = self.exp.objectives.get(name)
-        return MeasureContext(self.data.input_shape, split, spec.args if spec else {})
+    def context(self) -> Context:
+        return Context(self.data.input_shape, self.data.train.x[:CALIBRATION_EXAMPLES])
 
-    def sample(self, trial: optuna.trial.BaseTrial) -> nn.Module:
-        return build_model(
+    def _ctx(self, name: str, split: Split | None, onnx: bytes | None) -> MeasureContext:
+        spec = self.exp.objectives.get(name)
+        return MeasureContext(self.data.input_shape, split, spec.args if spec else {}, onnx)
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        shape = self.data.input_shape
+        model = build_model(
             self.space,
             trial,
-            input_shape=self.data.input_shape,
+            input_shape=shape,
             num_classes=self.data.num_classes,
             args=self.exp.space.args,
         )
+        plan = []
+        for tech, settings in self.techniques:
+            reason = tech.not_applicable(model, shape)
+            if reason is not None:
+                raise Rejected(f"{tech.name} cannot apply: {reason}", {})
+            knobs = tech.sample(trial, settings, model, shape)
+            if knobs is not None:
+                plan.append(Step(tech, settings, knobs))
+        return Candidate(model, plan)
 
-    def measure(self, model: nn.Module, *, trained: bool, split: Split | None) -> dict[str, float]:
+    def measure(
+        self,
+        model: nn.Module,
+        *,
+        trained: bool | None,
+        split: Split | None,
+        onnx: bytes | None = None,
+    ) -> dict[str, float]:
+        """Metrics whose ``needs_training`` equals ``trained`` (all of them for ``None``)."""
         return {
-            n: o.measure(model, self._ctx(n, split))
+            n: o.measure(model, self._ctx(n, split, onnx))
             for n, o in self.metrics.items()
-            if o.needs_training == trained
+            if trained is None or o.needs_training == trained
         }
 
-    def static(self, model: nn.Module) -> dict[str, float]:
+    def static(self, candidate: Candidate) -> dict[str, float]:
+        model, ctx = candidate.model, self.context()
+        for step in candidate.plan:
+            model = step.technique.estimate(model, step.knobs, ctx)
         return self.measure(model, trained=False, split=None)
 
-    def evaluate(self, model: nn.Module, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def evaluate(self, candidate: Candidate, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         seed = self.exp.search.seed + trial.number
         seed_everything(seed)
+        model, plan, cfg = candidate.model, candidate.plan, self.exp.train
+        hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
         t0 = time.perf_counter()
-        stats = train(model, self.data.train, self.exp.train, seed=seed)
+        stats = train(model, self.data.train, cfg, seed=seed, loss_hooks=hooks)
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_steps", stats["steps"])
-        metrics = self.measure(model, trained=True, split=self.data.val)
-        metrics["test_accuracy"] = evaluate(model, self.data.test)  # reported, never optimised
-        save_weights(model, weights_path(self.run_dir, trial.number))
+        if plan:
+            trial.set_user_attr("compression", candidate.describe())
+            trial.set_user_attr("accuracy_before_compression", evaluate(model, self.data.val))
+            model = compress(model, plan, self.context())
+            epochs = max(
+                [s.settings.finetune for s in plan] + [s.technique.min_finetune for s in plan]
+            )
+            if epochs > 0:
+                t0 = time.perf_counter()
+                train(model, self.data.train, finetune_config(cfg, epochs), seed=seed + 1)
+                trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
+        onnx = deployed_onnx(model, candidate.describe(), self.context())
+        metrics = self.measure(model, trained=None, split=self.data.val, onnx=onnx)
+        metrics["test_accuracy"] = self.metrics_accuracy(model, self.data.test, onnx)
+        save_trial(model, self.run_dir, trial.number, structural=bool(plan))
         return metrics
+
+    @staticmethod
+    def metrics_accuracy(model: nn.Module, split: Split, onnx: bytes | None) -> float:
+        """Accuracy of the deployed model: onnxruntime for an ONNX deployment, else torch."""
+        if onnx is None:
+            return evaluate(model, split)
+        return onnx_utils.accuracy(onnx_utils.session(onnx), split.x, split.y)
+
+
+def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
+    """Apply the plan's techniques in order; tag the result with what was applied."""
+    for step in plan:
+        model = step.technique.apply(model, step.knobs, ctx)
+    model.nas_compression = {s.technique.name: s.knobs for s in plan}  # type: ignore[assignment]
+    return model
+
+
+def finetune_config(cfg: TrainConfig, epochs: float) -> TrainConfig:
+    return cfg.model_copy(
+        update={"epochs": epochs, "steps": None, "lr": cfg.finetune_lr or cfg.lr / 3}
+    )
+
+
+def deployed_onnx(model: nn.Module, compression: Mapping[str, Any], ctx: Context) -> bytes | None:
+    """The ONNX model that is deployed when it is not the plain export of ``model``.
+
+    Quantized at 8 bits: real int8 (BN folded, onnxruntime static QDQ quantization calibrated on
+    training data). Below 8 bits: the float export of the dequantized weights (simulated compute).
+    """
+    knobs = compression.get("quantize")
+    if knobs is None:
+        return None
+    from nas.compress.quant_ops import export_int8, strip_qat
+    from nas.compress.quantize import is_int8
+
+    plain = strip_qat(model)
+    if not is_int8(knobs):
+        return onnx_utils.to_onnx(plain, ctx.input_shape)
+    assert ctx.calib_x is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_int8(plain, ctx.input_shape, ctx.calib_x, Path(tmp) / "int8.onnx")
+        return Path(path).read_bytes()
+
+
+def module_path(run_dir: Path, number: int) -> Path:
+    return run_dir / WEIGHTS_DIR / f"trial-{number:05d}.pt"
+
+
+def save_trial(model: nn.Module, run_dir: Path, number: int, *, structural: bool) -> None:
+    """Weights as safetensors; a compressed model's whole module too (its shapes changed)."""
+    save_weights(model, weights_path(run_dir, number))
+    if structural:
+        path = module_path(run_dir, number)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(model, tmp)
+        os.replace(tmp, path)
+
+
+def load_trial(run_dir: Path, number: int) -> nn.Module | None:
+    """The saved module of a compressed trial (``None`` for an uncompressed one)."""
+    path = module_path(run_dir, number)
+    if not path.is_file():
+        return None
+    return torch.load(path, weights_only=False).eval()  # our own run folder's file
 
 
 def preflight(exp: Experiment, splits: Splits) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import yaml
 
+from nas.compress import parse_compression
 from nas.config import Experiment, load_experiment, parse_experiment
 from nas.data import Splits, load_data
 from nas.errors import NasError
@@ -164,6 +165,7 @@ def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise NasError(f"{run_dir} exists and is not a run folder; pass --out with another path")
     resolve_objectives(exp)  # unknown objective / constraint names
+    parse_compression(exp.compression)  # unknown techniques, knob ranges outside their domain
     check_url(exp.search.storage)
     if exp.search.storage and not exp.search.storage.startswith("journal:"):
         open_storage(exp.search.storage, run_dir)  # unreachable database: fail before writing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from nas import onnx_utils
 from nas.errors import NasError
 from nas.train import evaluate
 from objectives.base import MeasureContext, Objective
@@ -18,4 +19,6 @@ class Accuracy(Objective):
     def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
         if ctx.split is None:
             raise NasError("accuracy needs an evaluation split; pass MeasureContext(split=...)")
+        if ctx.onnx is not None:  # the deployed (e.g. int8) model, run by onnxruntime
+            return onnx_utils.accuracy(onnx_utils.session(ctx.onnx), ctx.split.x, ctx.split.y)
         return evaluate(model, ctx.split)

@@ -19,11 +19,14 @@ class MeasureContext:
 
     ``split`` is the evaluation split: val during the search, test at export. ``args`` are this
     objective's arguments from the experiment (e.g. ``latency_ms: {args: {batch_size: 64}}``).
+    ``onnx`` is the deployed model when it differs from the torch model's plain export (a real int8
+    model): objectives that run the model (accuracy, latency) run that one in onnxruntime.
     """
 
     input_shape: tuple[int, ...]
     split: Split | None = None
     args: Mapping[str, Any] = field(default_factory=dict)
+    onnx: bytes | None = None
 
 
 class Objective:

@@ -21,9 +21,8 @@ class LatencyMs(Objective):
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
         args = dict(ctx.args)
-        sess = onnx_utils.session(
-            onnx_utils.to_onnx(model, ctx.input_shape), threads=int(args.get("threads", 1))
-        )
+        deployed = ctx.onnx if ctx.onnx is not None else onnx_utils.to_onnx(model, ctx.input_shape)
+        sess = onnx_utils.session(deployed, threads=int(args.get("threads", 1)))
         return onnx_utils.time_ms(
             sess,
             ctx.input_shape,

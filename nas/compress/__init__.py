@@ -1,0 +1,74 @@
+"""Compression techniques, registered by name; ``nas techniques`` lists them with their knobs.
+
+The pipeline applies them in ``ORDER`` (structure first, then quantization for the fine-tune):
+train (with every technique's loss hooks) -> slimming -> lowrank -> quantize (QAT) -> fine-tune.
+To add one, subclass :class:`Technique` (``nas/compress/lowrank.py`` is a compact example) and
+register an instance in ``TECHNIQUES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nas.compress._base import Context, Knob, KnobRange, Settings, Technique
+from nas.errors import NasError
+from nas.registry import Registry
+
+TECHNIQUES: Registry[Technique] = Registry("technique")
+ORDER = ("slimming", "lowrank", "quantize")
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        from nas.compress.lowrank import LowRank
+        from nas.compress.quantize import Quantize
+        from nas.compress.slimming import Slimming
+
+        for tech in (Slimming(), LowRank(), Quantize()):
+            TECHNIQUES.register(tech.name, tech)
+        _loaded = True
+
+
+def list_techniques() -> list[Technique]:
+    _load()
+    order = {n: i for i, n in enumerate(ORDER)}
+    return sorted((TECHNIQUES.get(n) for n in TECHNIQUES), key=lambda t: order.get(t.name, 99))
+
+
+def get(name: str) -> Technique:
+    _load()
+    return TECHNIQUES.get(name)
+
+
+def parse_compression(raw: Mapping[str, Any] | None) -> list[tuple[Technique, Settings]]:
+    """The experiment's ``compression:`` entries, validated, in application order."""
+    out = []
+    for name, entry in (raw or {}).items():
+        if entry is not None and not isinstance(entry, Mapping):
+            raise NasError(
+                f"compression.{name} must be a mapping of knob ranges, e.g. "
+                f"{{ratio: [0.0, 0.7]}}, got {entry!r}"
+            )
+        tech = get(name)
+        out.append((tech, tech.parse(entry)))
+    if not out:
+        return []
+    order = {t.name: i for i, t in enumerate(list_techniques())}
+    return sorted(out, key=lambda ts: order[ts[0].name])
+
+
+__all__ = [
+    "ORDER",
+    "TECHNIQUES",
+    "Context",
+    "Knob",
+    "KnobRange",
+    "Settings",
+    "Technique",
+    "get",
+    "list_techniques",
+    "parse_compression",
+]

@@ -1,0 +1,210 @@
+"""The Technique contract: a name, the knobs it samples, optional training hooks, ``apply``.
+
+A technique's YAML entry gives ranges for its knobs (``ratio: [0.0, 0.7]`` is a range, ``{choices:
+[4, 8]}`` a categorical, a scalar a fixed value) and the reserved keys ``per_layer`` (sample the
+per-layer knob once per eligible layer), ``optional`` (the search may also leave the technique out)
+and ``finetune`` (epochs of fine-tuning after it is applied). ``nas techniques`` lists them all.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import optuna
+import torch
+from torch import nn
+
+from nas.errors import NasError
+from nas.train import LossHook
+
+RESERVED = ("per_layer", "optional", "finetune")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its type, the domain it must lie in, and a default search range."""
+
+    name: str
+    kind: Literal["float", "int"]
+    domain: tuple[float, float]
+    default: tuple[float, float]
+    open_low: bool = False  # domain excludes its low end (e.g. rank > 0)
+    open_high: bool = False  # domain excludes its high end (e.g. ratio < 1)
+    log: bool = False
+    help: str = ""
+
+    def describe_domain(self) -> str:
+        lo, hi = self.domain
+        return f"{'(' if self.open_low else '['}{lo:g}, {hi:g}{')' if self.open_high else ']'}"
+
+    def inside(self, v: float) -> bool:
+        lo, hi = self.domain
+        return (lo < v if self.open_low else lo <= v) and (v < hi if self.open_high else v <= hi)
+
+
+@dataclass(frozen=True)
+class KnobRange:
+    """What the experiment asks for one knob: a range, choices, or a fixed value."""
+
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[float, ...] | None = None
+
+    @property
+    def fixed(self) -> float | None:
+        if self.choices is not None and len(self.choices) == 1:
+            return self.choices[0]
+        if self.low is not None and self.low == self.high:
+            return self.low
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A technique's parsed experiment entry."""
+
+    technique: str
+    knobs: dict[str, KnobRange]
+    per_layer: bool = False
+    optional: bool = False
+    finetune: float = 0.0
+
+
+@dataclass
+class Context:
+    """What ``apply`` may use: shapes, the training data (calibration), the fine-tune budget."""
+
+    input_shape: tuple[int, ...]
+    calib_x: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Technique:
+    """Base class. ``nas/compress/lowrank.py`` is the smallest complete example to copy."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    knobs: ClassVar[tuple[Knob, ...]]
+    per_layer_knob: ClassVar[str | None] = None  # the knob ``per_layer: true`` samples per layer
+    exports: ClassVar[str] = ""
+    min_finetune: ClassVar[float] = 0.0  # epochs the pipeline fine-tunes at least after apply
+
+    # ---- configuration -------------------------------------------------------------------
+    def parse(self, raw: Mapping[str, Any] | None) -> Settings:
+        """Validate the experiment's entry; every error names technique, key, value and fix."""
+        raw = dict(raw or {})
+        by_name = {k.name: k for k in self.knobs}
+        unknown = [k for k in raw if k not in by_name and k not in RESERVED]
+        if unknown:
+            raise NasError(
+                f"compression.{self.name}: unknown key {unknown[0]!r}; valid keys: "
+                f"{', '.join([*by_name, *RESERVED])}"
+            )
+        ranges = {k.name: self._parse_knob(k, raw.get(k.name, list(k.default))) for k in self.knobs}
+        per_layer = bool(raw.get("per_layer", False))
+        if per_layer and self.per_layer_knob is None:
+            raise NasError(
+                f"compression.{self.name}: per_layer is not supported by this technique; remove it"
+            )
+        finetune = raw.get("finetune", 0.0)
+        if not isinstance(finetune, int | float) or finetune < 0:
+            raise NasError(
+                f"compression.{self.name}.finetune must be a number of epochs >= 0, "
+                f"got {finetune!r}"
+            )
+        return Settings(
+            self.name, ranges, per_layer, bool(raw.get("optional", False)), float(finetune)
+        )
+
+    def _parse_knob(self, knob: Knob, value: Any) -> KnobRange:
+        where = f"compression.{self.name}.{knob.name}"
+        fix = f"use values in {knob.describe_domain()}"
+        if isinstance(value, Mapping) and set(value) == {"choices"}:
+            values = list(value["choices"])
+            rng = KnobRange(choices=tuple(values))
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            values = list(value)
+            if len(values) != 2:
+                raise NasError(
+                    f"{where}: a range is [low, high], got {value!r}; for a list of "
+                    f"values write {{choices: {value!r}}}"
+                )
+            rng = KnobRange(low=values[0], high=values[1])
+        else:
+            values = [value]
+            rng = KnobRange(choices=(value,))
+        for v in values:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise NasError(f"{where}: {v!r} is not a number; {fix}")
+            if knob.kind == "int" and float(v) != int(v):
+                raise NasError(f"{where}: {v!r} must be a whole number; {fix}")
+            if not knob.inside(float(v)):
+                raise NasError(f"{where}: {v!r} is outside {knob.describe_domain()}; {fix}")
+        if rng.low is not None and rng.high is not None and rng.low > rng.high:
+            raise NasError(
+                f"{where}: low <= high must hold, but got (low={rng.low}, "
+                f"high={rng.high}); swap them"
+            )
+        return rng
+
+    # ---- per candidate ---------------------------------------------------------------------
+    def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+        """Layers the per-layer knob is sampled for (and that ``apply`` may change)."""
+        return []
+
+    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+        """Why this technique cannot apply to ``model`` (``None`` when it can)."""
+        return None
+
+    def sample(
+        self,
+        trial: optuna.trial.BaseTrial,
+        settings: Settings,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+    ) -> dict[str, Any] | None:
+        """Sample this technique's knobs (define-by-run); ``None`` when ``optional`` and off."""
+        if settings.optional and not trial.suggest_categorical(f"{self.name}.use", [True, False]):
+            return None
+        knobs: dict[str, Any] = {}
+        for k in self.knobs:
+            rng = settings.knobs[k.name]
+            if settings.per_layer and k.name == self.per_layer_knob:
+                layers = self.eligible(model, input_shape)
+                knobs[k.name] = {
+                    layer: _suggest(trial, f"{self.name}.{k.name}.{layer}", k, rng)
+                    for layer in layers
+                }
+            else:
+                knobs[k.name] = _suggest(trial, f"{self.name}.{k.name}", k, rng)
+        return knobs
+
+    def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
+        """Regularisers added to the training loss (e.g. slimming's BN-gamma L1)."""
+        return []
+
+    def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        """Return the transformed model (a new object; structural techniques shrink it)."""
+        raise NotImplementedError
+
+    def estimate(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        """The model's shape as it will be exported, before training (for cheap metrics).
+
+        Exact for techniques whose structure depends only on the knobs (the default: ``apply`` on
+        a copy); an estimate where it depends on trained weights (slimming).
+        """
+        return self.apply(copy.deepcopy(model), knobs, ctx)
+
+
+def _suggest(trial: optuna.trial.BaseTrial, name: str, knob: Knob, rng: KnobRange) -> Any:
+    if rng.fixed is not None:
+        return int(rng.fixed) if knob.kind == "int" else float(rng.fixed)
+    if rng.choices is not None:
+        return trial.suggest_categorical(name, list(rng.choices))
+    assert rng.low is not None and rng.high is not None
+    if knob.kind == "int":
+        return trial.suggest_int(name, int(rng.low), int(rng.high), log=knob.log)
+    return trial.suggest_float(name, float(rng.low), float(rng.high), log=knob.log)

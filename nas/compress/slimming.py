@@ -1,0 +1,74 @@
+"""``slimming``: network slimming (Liu et al. 2017).
+
+During training an L1 penalty (knob ``strength``) drives BatchNorm scaling factors (gamma) to zero;
+after training the channels with the smallest |gamma| (knob ``ratio``: the fraction removed, by a
+global threshold, or per layer with ``per_layer: true``) are removed physically: the producing
+conv's filters, the BN entries and the consuming layers' input channels. Channels tied through a
+residual add, a depthwise conv or squeeze-excite are pruned together.
+Exports: the physically smaller model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from nas.compress._base import Context, Knob, Technique
+from nas.compress.slimming_ops import bn_l1_penalty, slim, slimmable_bns
+from nas.train import LossHook
+
+
+class Slimming(Technique):
+    name = "slimming"
+    description = "BN-gamma L1 during training, then low-|gamma| channels removed physically"
+    knobs = (
+        Knob(
+            "ratio",
+            "float",
+            (0.0, 1.0),
+            (0.0, 0.7),
+            open_high=True,
+            help="fraction of slimmable channels removed",
+        ),
+        Knob(
+            "strength",
+            "float",
+            (0.0, 1.0),
+            (1e-5, 1e-3),
+            log=True,
+            help="L1 penalty on BN gammas during training",
+        ),
+    )
+    per_layer_knob = "ratio"
+    exports = "the physically smaller model (fewer channels)"
+
+    def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+        return slimmable_bns(model)
+
+    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+        if not self.eligible(model, input_shape):
+            return "the model has no BatchNorm after a prunable conv (network slimming needs them)"
+        return None
+
+    def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
+        strength = float(knobs["strength"])
+        return [lambda model: bn_l1_penalty(model, strength)] if strength > 0 else []
+
+    def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        ratio = knobs["ratio"]
+        if isinstance(ratio, Mapping):
+            return slim(model, 0.0, ctx.input_shape, per_layer=ratio)
+        return slim(model, float(ratio), ctx.input_shape)
+
+    def estimate(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        """Before training the gammas are all equal: estimate with the ratio applied per layer."""
+        ratio = knobs["ratio"]
+        per_layer = (
+            ratio
+            if isinstance(ratio, Mapping)
+            else dict.fromkeys(slimmable_bns(model), float(ratio))
+        )
+        return slim(copy.deepcopy(model), 0.0, ctx.input_shape, per_layer=per_layer)
