@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from nas import onnx_utils
 from nas.compress import Context
 from nas.errors import NasError
@@ -68,8 +70,11 @@ def select_points(run: Run, front: Front, select: str | Sequence[int] | None) ->
     return [by_number[n] for n in select]
 
 
-def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
-    """Export one trial to ``dest``; return its metrics record."""
+def trial_model(run: Run, p: Point) -> nn.Module:
+    """The trained model of a completed trial, as saved in the run folder."""
+    model = load_trial(run.dir, p.number)  # a compressed trial's module (its shapes changed)
+    if model is not None:
+        return model
     src = weights_path(run.dir, p.number)
     if not src.is_file():
         raise NasError(
@@ -77,17 +82,21 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             f"the trial is trained again"
         )
     splits = run.splits
-    model = load_trial(run.dir, p.number)  # a compressed trial's module (its shapes changed)
-    if model is None:
-        space = resolve_space(run.exp.space.name)
-        model = rebuild(
-            space,
-            p.params,
-            input_shape=splits.input_shape,
-            num_classes=splits.num_classes,
-            args=run.exp.space.args,
-        )
-        model = load_weights(model, src)
+    model = rebuild(
+        resolve_space(run.exp.space.name),
+        p.params,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        args=run.exp.space.args,
+    )
+    return load_weights(model, src)
+
+
+def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
+    """Export one trial to ``dest``; return its metrics record."""
+    src = weights_path(run.dir, p.number)
+    splits = run.splits
+    model = trial_model(run, p)
     compression = dict(getattr(model, "nas_compression", {}))
     tmp = Path(tempfile.mkdtemp(prefix=f".trial-{p.number}-", dir=dest.parent))
     try:

@@ -197,7 +197,10 @@ class ExperimentProblem:
         onnx = deployed_onnx(model, candidate.describe(), self.context())
         metrics = self.measure(model, trained=None, split=self.data.val, onnx=onnx)
         metrics["test_accuracy"] = self.metrics_accuracy(model, self.data.test, onnx)
-        save_trial(model, self.run_dir, trial.number, structural=bool(plan))
+        # the whole module too when params alone cannot rebuild it: compression changed its
+        # shapes, or it came from outside the run folder (a pretrained model)
+        whole = bool(plan) or self.exp.space.name == "pretrained"
+        save_trial(model, self.run_dir, trial.number, structural=whole)
         return metrics
 
     @staticmethod

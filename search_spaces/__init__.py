@@ -5,7 +5,8 @@ from __future__ import annotations
 from search_spaces.cnn import cnn
 from search_spaces.mlp import mlp
 from search_spaces.mobilenet import mobilenet
+from search_spaces.pretrained import pretrained
 
-BUILTIN_SPACES = {"cnn": cnn, "mobilenet": mobilenet, "mlp": mlp}
+BUILTIN_SPACES = {"cnn": cnn, "mobilenet": mobilenet, "mlp": mlp, "pretrained": pretrained}
 
-__all__ = ["BUILTIN_SPACES", "cnn", "mlp", "mobilenet"]
+__all__ = ["BUILTIN_SPACES", "cnn", "mlp", "mobilenet", "pretrained"]

@@ -1,0 +1,77 @@
+"""``pretrained``: a fixed, already trained architecture (search only its compression).
+
+    space: {name: pretrained, args: {run: runs/fashion-mnist, trial: knee}}   # a run's model
+    space: {name: pretrained, args: {path: model.pt}}                        # torch.save(model)
+
+It samples no parameter: every trial starts from a copy of the same trained model, and training
+(``train:``) continues from its weights, so keep that budget small (it is a fine-tune: the
+sparsity-inducing training that slimming needs happens there). ``trial`` is ``knee`` (default),
+``best:<objective>`` or a trial number of the run's completed trials.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+
+import optuna
+import torch
+from torch import nn
+
+
+@cache
+def _load(run: str | None, trial: str | int, path: str | None) -> nn.Module:
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(
+                f"pretrained: path {path!r} does not exist; pass a torch.save()d nn.Module file"
+            )
+        model = torch.load(p, weights_only=False)  # the user's own model file
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"pretrained: {path!r} holds a {type(model).__name__}, not an "
+                f"nn.Module; save it with torch.save(model, path)"
+            )
+        return model.eval()
+    from nas.export import select_points, trial_model
+    from nas.runs import Run
+
+    r = Run.open(run)  # type: ignore[arg-type]
+    front = r.front().front
+    selected = select_points(
+        r, front, trial if isinstance(trial, str) and not trial.isdigit() else [int(trial)]
+    )
+    return trial_model(r, selected[0]).eval()
+
+
+def pretrained(
+    trial: optuna.trial.BaseTrial,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    run: str | None = None,
+    trial_number: str | int = "knee",
+    path: str | None = None,
+    **kwargs: object,
+) -> nn.Module:
+    """A copy of a trained model from a run folder (``run`` + ``trial``) or a file (``path``)."""
+    which = kwargs.pop("trial", trial_number)
+    if kwargs:
+        raise ValueError(f"pretrained: unknown args {sorted(kwargs)}; use run + trial, or path")
+    if (run is None) == (path is None):
+        raise ValueError(
+            "pretrained: give exactly one of run (a run folder) or path (a model "
+            "file), e.g. args: {run: runs/fashion-mnist, trial: knee}"
+        )
+    model = copy.deepcopy(_load(run, which, path))  # type: ignore[arg-type]
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, *input_shape))
+    if out.shape != (2, num_classes):
+        raise ValueError(
+            f"pretrained: the model maps {tuple(input_shape)} inputs to "
+            f"{tuple(out.shape[1:])} outputs, the dataset needs {num_classes} "
+            f"classes; pick a model trained on this dataset"
+        )
+    return model
