@@ -1,12 +1,12 @@
 """``pretrained``: a fixed, already trained architecture (search only its compression).
 
-    space: {name: pretrained, args: {run: runs/fashion-mnist, trial: knee}}   # a run's model
+    space: {name: pretrained, args: {run: runs/fashion-mnist, select: knee}}  # a run's model
     space: {name: pretrained, args: {path: model.pt}}                        # torch.save(model)
 
 It samples no parameter: every trial starts from a copy of the same trained model, and training
 (``train:``) continues from its weights, so keep that budget small (it is a fine-tune: the
-sparsity-inducing training that slimming needs happens there). ``trial`` is ``knee`` (default),
-``best:<objective>`` or a trial number of the run's completed trials.
+sparsity-inducing training that slimming needs happens there). ``select`` is ``knee`` (default)
+or a trial number of the run's completed feasible trials.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 
 @cache
-def _load(run: str | None, trial: str | int, path: str | None) -> nn.Module:
+def _load(run: str | None, select: str, path: str | None) -> nn.Module:
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -40,9 +40,7 @@ def _load(run: str | None, trial: str | int, path: str | None) -> nn.Module:
 
     r = Run.open(run)  # type: ignore[arg-type]
     front = r.front().front
-    selected = select_points(
-        r, front, trial if isinstance(trial, str) and not trial.isdigit() else [int(trial)]
-    )
+    selected = select_points(r, front, select)
     return trial_model(r, selected[0]).eval()
 
 
@@ -52,20 +50,16 @@ def pretrained(
     input_shape: tuple[int, ...],
     num_classes: int,
     run: str | None = None,
-    trial_number: str | int = "knee",
+    select: str | int = "knee",
     path: str | None = None,
-    **kwargs: object,
 ) -> nn.Module:
-    """A copy of a trained model from a run folder (``run`` + ``trial``) or a file (``path``)."""
-    which = kwargs.pop("trial", trial_number)
-    if kwargs:
-        raise ValueError(f"pretrained: unknown args {sorted(kwargs)}; use run + trial, or path")
+    """A copy of a trained model from a run folder (``run`` + ``select``) or a file (``path``)."""
     if (run is None) == (path is None):
         raise ValueError(
             "pretrained: give exactly one of run (a run folder) or path (a model "
-            "file), e.g. args: {run: runs/fashion-mnist, trial: knee}"
+            "file), e.g. args: {run: runs/fashion-mnist, select: knee}"
         )
-    model = copy.deepcopy(_load(run, which, path))  # type: ignore[arg-type]
+    model = copy.deepcopy(_load(run, str(select), path))
     with torch.no_grad():
         out = model.eval()(torch.zeros(2, *input_shape))
     if out.shape != (2, num_classes):
