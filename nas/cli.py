@@ -142,8 +142,10 @@ def techniques() -> None:
         click.echo(f"{t.name:10s} {t.description}")
         for k in t.knobs:
             per = "  (per_layer: true samples it per layer)" if k.name == t.per_layer_knob else ""
-            click.echo(f"    {k.name:9s} {k.kind:5s} in {k.describe_domain():12s} default "
-                       f"{list(k.default)}  {k.help}{per}")
+            click.echo(
+                f"    {k.name:9s} {k.kind:5s} in {k.describe_domain():12s} default "
+                f"{list(k.default)}  {k.help}{per}"
+            )
         click.echo(f"    exports: {t.exports}")
 
 
