@@ -127,7 +127,7 @@ def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = dict(t.user_attrs.get("metrics", {}))
         metrics.update(t.user_attrs.get("final_metrics", {}))
-        p = Point(t.number, dict(t.params), metrics)
+        p = Point(t.number, dict(t.params), metrics, dict(t.user_attrs.get("compression", {})))
         ok = all(v <= 0 for v in t.constraints.values())
         (feasible if ok else infeasible).append(p)
     return feasible, infeasible
@@ -253,7 +253,13 @@ class Front:
             "hypervolume": self.hypervolume,
             "knee": k,
             "front": [
-                {"number": p.number, "params": p.params, "metrics": p.metrics} for p in self.points
+                {
+                    "number": p.number,
+                    "params": p.params,
+                    "metrics": p.metrics,
+                    "compression": p.compression,
+                }
+                for p in self.points
             ],
         }
 

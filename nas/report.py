@@ -43,13 +43,34 @@ def metric_columns(
     return names + extra
 
 
+def describe_compression(compression: Mapping[str, Any]) -> str:
+    """``slimming 0.42, lowrank 0.5, int8`` (per-layer knobs shown as their mean)."""
+    parts = []
+    for name, knobs in compression.items():
+        main = next(iter(knobs.values()), None) if knobs else None
+        if isinstance(main, Mapping):
+            main = sum(main.values()) / max(len(main), 1)
+        if name == "quantize" and main is not None:
+            parts.append("int8" if float(main) == 8 else f"{float(main):g}-bit")
+        else:
+            parts.append(name if main is None else f"{name} {float(main):.2g}")
+    return ", ".join(parts) or "-"
+
+
 def front_table(front: Front) -> str:
     knee = front.knee().number if front.points else None
+    compressed = any(p.compression for p in front.points)
     rows = [
-        {"trial": f"{p.number}{' (knee)' if p.number == knee else ''}", **p.metrics}
+        {
+            "trial": f"{p.number}{' (knee)' if p.number == knee else ''}",
+            **p.metrics,
+            "compression": describe_compression(p.compression),
+        }
         for p in front.points
     ]
     cols = ["trial", *metric_columns(front.directions, [p.metrics for p in front.points])]
+    if compressed:
+        cols.append("compression")
     head = (
         f"{len(front.points)} model(s) on the front of {len(front.candidates)} feasible "
         f"trial(s); hypervolume {front.hypervolume:.4f}"

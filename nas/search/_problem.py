@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
@@ -76,3 +76,4 @@ class Point:
     number: int
     params: dict[str, Any]
     metrics: dict[str, float]
+    compression: dict[str, Any] = field(default_factory=dict)  # technique -> knobs applied

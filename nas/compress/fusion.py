@@ -1,0 +1,119 @@
+"""Layer fusion: fold each BatchNorm that directly follows a convolution into that convolution.
+
+In eval mode a BatchNorm is the per-channel affine map ``y = g * (x - mean) / sqrt(var + eps) + b``,
+so after a convolution it can be absorbed into the convolution's weight and bias::
+
+    s  = g / sqrt(var + eps)            (one factor per output channel)
+    W' = W * s                          (each output filter scaled)
+    b' = (bias - mean) * s + b          (bias = 0 when the conv has none)
+
+The pairs come from the model's traced graph (``torch.fx``): a conv's output that feeds exactly one
+BatchNorm and nothing else, each module called once. Models fx cannot trace fall back to the
+pairs that sit next to each other in a plain ``nn.Sequential``. The folded model keeps the
+original classes and module names; each folded BatchNorm becomes ``nn.Identity``, so parameter
+names (and the layer names quantization maps bits to) do not change.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+__all__ = ["fold_bn", "foldable_pairs"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # not ConvTranspose: its weight is (in, out, ...)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """A new eval-mode model with every conv -> BatchNorm pair folded into the conv.
+
+    The original model is not changed. Folded convs get a bias (created when they had none); the
+    BatchNorms are replaced by ``nn.Identity``. In eval mode the outputs equal the original's up
+    to float rounding (~1e-6).
+    """
+    folded = copy.deepcopy(model).eval()
+    for conv_name, bn_name in foldable_pairs(folded):
+        conv = folded.get_submodule(conv_name)
+        bn = folded.get_submodule(bn_name)
+        _fold_into(conv, bn)
+        _set_submodule(folded, bn_name, nn.Identity())
+    return folded
+
+
+def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv name, BatchNorm name)`` for each BatchNorm whose only input is a conv's output."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # fx cannot trace data-dependent control flow: use plain Sequentials
+        return _sequential_pairs(model)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not _is_norm(modules.get(node.target)):
+            continue
+        src = node.args[0] if node.args else None
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and _is_conv(modules.get(src.target))
+            and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+            and len(node.args) == 1
+            and not node.kwargs
+            and modules[node.target].num_features == modules[src.target].out_channels
+        ):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, seq in model.named_modules():
+        if type(seq).forward is not nn.Sequential.forward or not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.named_children())
+        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+            if _is_conv(a) and _is_norm(b) and b.num_features == a.out_channels:
+                prefix = f"{name}." if name else ""
+                pairs.append((prefix + a_name, prefix + b_name))
+    return pairs
+
+
+def _is_conv(m: nn.Module | None) -> bool:
+    return isinstance(m, _CONVS)
+
+
+def _is_norm(m: nn.Module | None) -> bool:
+    # without running statistics a BatchNorm normalises by the batch even in eval: not foldable
+    return isinstance(m, _NORMS) and m.running_mean is not None and m.running_var is not None
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Module, bn: nn.Module) -> None:
+    w = conv.weight
+    scale = torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps)
+    shift = -bn.running_mean.to(torch.float64) * scale
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(torch.float64)
+        shift = shift * bn.weight.to(torch.float64)
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(torch.float64)
+    bias = conv.bias.to(torch.float64) if conv.bias is not None else torch.zeros_like(scale)
+    new_w = w.to(torch.float64) * scale.reshape(-1, *([1] * (w.dim() - 1)))
+    new_b = bias * scale + shift
+    conv.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)

@@ -1,0 +1,565 @@
+"""Quantization: fake-quant training with per-layer bit widths, packed storage, real int8 export.
+
+Three parts, used in this order by a trial and its export:
+
+* **QAT (simulated).** :func:`prepare_qat` returns a copy whose Conv/Linear layers fake-quantize
+  their weights in every forward pass (training and eval): symmetric, per output channel,
+  ``scale = max|w| / (2**(b-1) - 1)``, codes in ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (at most
+  ``2**b - 1`` values), rounding with a straight-through estimator so the float weights keep
+  training. With ``act_bits`` each quantized layer also fake-quantizes its *input* (affine,
+  unsigned, range from an exponential moving average of the batch min/max seen in training) —
+  the same place onnxruntime puts a QuantizeLinear in the int8 export. Each quantized layer has
+  ``weight_bits = b``, which the ``size_bytes`` objective reads. Compute with fewer than 8 bits
+  is SIMULATED: the weights are dequantized to float32 and the arithmetic is float; only the
+  storage (:func:`pack_weights`) is really ``b`` bits per weight.
+* **Storage.** :func:`pack_weights` stores each layer with ``weight_bits <= 8`` as its integer
+  codes packed at exactly ``b`` bits (4 bits: two codes per byte) plus float32 per-channel scales;
+  :func:`unpack_weights` restores the dequantized weights bit for bit.
+* **Real int8.** :func:`export_int8` folds BatchNorm, exports fp32 ONNX and runs onnxruntime's
+  static quantization (QDQ format, per-channel symmetric int8 weights, uint8 activations,
+  min/max calibration). onnxruntime fuses the QDQ pairs into integer kernels (QLinearConv,
+  QGemm, QLinearAdd, ...) when it loads the model.
+
+Measured on x86 (AVX-512 VNNI, 1 thread, batch 64, 28x28 input, see the module's tests for the
+settings): uint8 activations beat int8 ones (ORT has no int8 QLinearAdd/Mul fusion on x86, so
+int8 activations leave residual adds in float); a conv with fewer than 4 input channels (the
+input layer) is 3-5x slower in int8 than fp32 because it misses MLAS's symmetric int8 conv
+kernel, so it stays fp32; ``reduce_range`` and per-channel weights cost no speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.compress.fusion import fold_bn
+
+__all__ = [
+    "ActFakeQuant",
+    "FakeQuantWeight",
+    "QATConv1d",
+    "QATConv2d",
+    "QATConv3d",
+    "QATLinear",
+    "export_int8",
+    "fake_quant_weight",
+    "int8_ops",
+    "pack_weights",
+    "packed_size_bytes",
+    "prepare_qat",
+    "quantizable_layers",
+    "strip_qat",
+    "unpack_weights",
+    "weight_scale",
+]
+
+MIN_BITS, MAX_BITS = 2, 8
+_MIN_SCALE = 1e-12  # an all-zero channel gets this scale (its codes are all 0)
+_EMA_MOMENTUM = 0.1  # weight of the newest batch in the activation range average
+_FIRST_LAYER_CHANNELS = 4  # convs with fewer input channels per group stay fp32 in int8 export
+_CALIB_BATCH = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# fake quantization
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_bits(value: object, name: str = "bits") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        hint = (
+            "1-bit weights are the binary technique's job; use 2..8 here"
+            if value == 1
+            else f"pick an int in {MIN_BITS}..{MAX_BITS}"
+        )
+        raise ValueError(
+            f"quantization: {name} must be an int in {MIN_BITS}..{MAX_BITS}, got {name}={value!r}; "
+            f"{hint}"
+        )
+    return value
+
+
+def _qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric scale ``max|w| / (2**(b-1) - 1)`` (float32, no gradient)."""
+    amax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
+    return (amax / _qmax(bits)).clamp_min(_MIN_SCALE).to(torch.float32)
+
+
+def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``weight`` rounded to its per-channel ``bits`` grid; the gradient passes straight through."""
+    qmax = _qmax(bits)
+    scale = weight_scale(weight, bits)
+    zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
+
+
+class ActFakeQuant(nn.Module):
+    """Affine unsigned fake quantization of a tensor with an EMA of its observed min/max.
+
+    In training every batch updates ``running_min``/``running_max`` (the first batch sets them);
+    in eval the stored range is used, except that a never-observed module takes its range from
+    the first batch it sees. The range always contains 0, so zero (e.g. ReLU's output) is exact.
+    """
+
+    def __init__(self, bits: int = 8, momentum: float = _EMA_MOMENTUM) -> None:
+        super().__init__()
+        self.bits = _check_bits(bits, "act_bits")
+        self.momentum = momentum
+        self.register_buffer("running_min", torch.tensor(0.0))
+        self.register_buffer("running_max", torch.tensor(0.0))
+        self.register_buffer("observed", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not bool(self.observed):
+            self._observe(x)
+        qmax = 2**self.bits - 1
+        lo = self.running_min.clamp(max=0.0)
+        hi = self.running_max.clamp(min=0.0)
+        scale = ((hi - lo) / qmax).clamp_min(_MIN_SCALE).float()
+        zero = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, qmax)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().amin().float(), x.detach().amax().float()
+        if bool(self.observed):
+            lo = torch.lerp(self.running_min, lo, self.momentum)
+            hi = torch.lerp(self.running_max, hi, self.momentum)
+        self.running_min.copy_(lo)
+        self.running_max.copy_(hi)
+        self.observed.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, momentum={self.momentum}"
+
+
+class FakeQuantWeight:
+    """Mixin of the QAT layers: weight fake-quantized to ``weight_bits``, input optionally too.
+
+    :func:`prepare_qat` turns an ``nn.Conv2d`` into a :class:`QATConv2d` in place of the copy
+    (same parameters, same name), so state dicts and layer names do not change.
+    """
+
+    weight_bits: int
+    act_quant: ActFakeQuant | None
+    float_type: type[nn.Module]
+
+    def quantized_weight(self) -> torch.Tensor:
+        return fake_quant_weight(self.weight, self.weight_bits)
+
+    def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.act_quant is None else self.act_quant(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
+
+
+class QATConv1d(FakeQuantWeight, nn.Conv1d):
+    float_type = nn.Conv1d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QATConv2d(FakeQuantWeight, nn.Conv2d):
+    float_type = nn.Conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QATConv3d(FakeQuantWeight, nn.Conv3d):
+    float_type = nn.Conv3d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QATLinear(FakeQuantWeight, nn.Linear):
+    float_type = nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._quant_input(x), self.quantized_weight(), self.bias)
+
+
+# exact types only: a subclass may override forward, which the QAT twin would silently drop
+_QAT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: QATConv1d,
+    nn.Conv2d: QATConv2d,
+    nn.Conv3d: QATConv3d,
+    nn.Linear: QATLinear,
+}
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the layers :func:`prepare_qat` can quantize (Conv1d/2d/3d and Linear)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if type(m) in _QAT_TYPES or isinstance(m, FakeQuantWeight)
+    ]
+
+
+def prepare_qat(
+    model: nn.Module, bits: int | Mapping[str, int], *, act_bits: int | None = 8
+) -> nn.Module:
+    """A new model whose Conv/Linear layers fake-quantize weights (and inputs) in forward.
+
+    Args:
+        bits: one width (2..8) for every quantizable layer, or ``{layer name: bits}``; layers
+            left out of the mapping stay float32 with no fake quantization.
+        act_bits: width of the fake-quantized input of each quantized layer; ``None`` leaves
+            activations float.
+
+    The original model is not changed. Calling it on a QAT model re-sets the widths.
+    """
+    names = quantizable_layers(model)
+    if act_bits is not None:
+        act_bits = _check_bits(act_bits, "act_bits")
+    if isinstance(bits, Mapping):
+        unknown = sorted(set(bits) - set(names))
+        if unknown:
+            raise ValueError(
+                f"quantization: bits names layers that are not quantizable: {unknown}; "
+                f"use names from quantizable_layers(model): {names}"
+            )
+        plan = {name: _check_bits(b, f"bits[{name!r}]") for name, b in bits.items()}
+    else:
+        plan = dict.fromkeys(names, _check_bits(bits))
+
+    qat = copy.deepcopy(model)
+    for name, b in plan.items():
+        layer = qat.get_submodule(name)
+        if not isinstance(layer, FakeQuantWeight):
+            layer.__class__ = _QAT_TYPES[type(layer)]
+        layer.weight_bits = b
+        layer.act_quant = ActFakeQuant(act_bits) if act_bits is not None else None
+    return qat
+
+
+def strip_qat(model: nn.Module) -> nn.Module:
+    """A new plain float model whose weights are the fake-quantized (dequantized) values.
+
+    The layers become their plain torch classes again (ONNX export sees ordinary convs), keep
+    ``weight_bits``, and remember their scales in a non-persistent ``weight_scale`` buffer so
+    :func:`pack_weights` recovers the exact codes. Activation fake quantization is dropped: int8
+    export calibrates its own activation ranges.
+    """
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if not isinstance(module, FakeQuantWeight):
+            continue
+        with torch.no_grad():
+            w_q = module.quantized_weight()
+            scale = weight_scale(module.weight, module.weight_bits)
+        del module.act_quant
+        module.__class__ = module.float_type
+        module.weight.data.copy_(w_q)
+        module.register_buffer("weight_scale", scale, persistent=False)
+    return plain
+
+
+def _is_qat(model: nn.Module) -> bool:
+    return any(isinstance(m, FakeQuantWeight) for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# packed storage
+# ---------------------------------------------------------------------------------------------
+
+_CODES, _SCALE, _BITS = "weight.codes", "weight.scale", "weight.bits"
+
+
+def _codes_and_scale(layer: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes (int64, weight's shape) and float32 scales with ``codes * scale == w_q``."""
+    w = layer.weight.detach()
+    shape = (-1, *([1] * (w.dim() - 1)))
+    stored = layer._buffers.get("weight_scale")
+    if not isinstance(layer, FakeQuantWeight) and stored is not None and len(stored) == len(w):
+        codes = torch.round(w / stored.reshape(shape)).clamp(-_qmax(bits), _qmax(bits))
+        if torch.equal(codes * stored.reshape(shape), w):  # still on the grid strip_qat left
+            return codes.to(torch.int64), stored.clone()
+    scale = weight_scale(w, bits)
+    w_q = fake_quant_weight(w, bits)
+    return torch.round(w_q / scale.reshape(shape)).to(torch.int64), scale
+
+
+def _pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ints < 2**bits, little-endian bit order, packed into ceil(n * bits / 8) bytes."""
+    planes = (values.reshape(-1, 1) >> np.arange(bits)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    return (planes.astype(np.int64) << np.arange(bits)).sum(axis=1)
+
+
+def _packed_layers(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
+    out = []
+    for name, m in model.named_modules():
+        bits = getattr(m, "weight_bits", None)
+        is_layer = type(m) in _QAT_TYPES or isinstance(m, FakeQuantWeight)
+        if is_layer and isinstance(bits, int) and bits <= MAX_BITS:
+            out.append((name, m, _check_bits(bits, f"{name}.weight_bits")))
+    return out
+
+
+def pack_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state with each ``weight_bits <= 8`` layer's weight stored at its bit width.
+
+    For such a layer ``name``: ``name.weight.codes`` (uint8, the codes offset by
+    ``2**(b-1) - 1`` to be unsigned and packed ``b`` bits each, little-endian, row-major over the
+    weight), ``name.weight.scale`` (float32, one per output channel) and ``name.weight.bits``
+    (uint8, one element). Every other state-dict entry (biases, other layers, BatchNorm
+    statistics) is stored as is. The dict can be written with ``safetensors.torch.save_file``;
+    :func:`unpack_weights` restores the model. Inference from it is still float (simulated).
+    """
+    packed: dict[str, torch.Tensor] = {}
+    replaced: set[str] = set()
+    for name, layer, bits in _packed_layers(model):
+        prefix = f"{name}." if name else ""
+        codes, scale = _codes_and_scale(layer, bits)
+        unsigned = (codes.reshape(-1) + _qmax(bits)).numpy()
+        packed[prefix + _CODES] = torch.from_numpy(_pack_bits(unsigned, bits))
+        packed[prefix + _SCALE] = scale.contiguous()
+        packed[prefix + _BITS] = torch.tensor([bits], dtype=torch.uint8)
+        replaced.add(prefix + "weight")
+    for key, value in model.state_dict().items():
+        if key not in replaced:
+            packed[key] = value.detach().clone().contiguous()
+    return packed
+
+
+def packed_size_bytes(model: nn.Module) -> int:
+    """Exact bytes of the tensors :func:`pack_weights` returns (codes + scales + the rest)."""
+    return sum(t.numel() * t.element_size() for t in pack_weights(model).values())
+
+
+def unpack_weights(packed: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Load :func:`pack_weights` output into ``model`` (same architecture), in place.
+
+    Packed layers get the dequantized weights ``codes * scale`` (exactly what the packed model
+    computed with) and ``weight_bits``; every other entry is loaded as a state dict.
+    """
+    rest = dict(packed)
+    restored: set[str] = set()
+    for key in [k for k in packed if k == _CODES or k.endswith("." + _CODES)]:
+        prefix = key[: -len(_CODES)]
+        name = prefix[:-1]
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"unpack_weights: packed layer {name!r} is not in the model; pass the model "
+                "the weights were packed from (same space and params)"
+            ) from None
+        bits = _check_bits(int(rest.pop(prefix + _BITS)[0]), f"{name}.weight.bits")
+        scale = rest.pop(prefix + _SCALE).to(torch.float32)
+        raw = rest.pop(key).numpy()
+        weight = layer.weight
+        if raw.size != math.ceil(weight.numel() * bits / 8) or len(scale) != weight.shape[0]:
+            raise ValueError(
+                f"unpack_weights: {name!r} holds {raw.size} bytes and {len(scale)} scales, but "
+                f"its weight {tuple(weight.shape)} at {bits} bits needs "
+                f"{math.ceil(weight.numel() * bits / 8)} and {weight.shape[0]}; pass the model "
+                "the weights were packed from"
+            )
+        codes = torch.from_numpy(_unpack_bits(raw, bits, weight.numel())) - _qmax(bits)
+        values = codes.reshape(weight.shape).to(torch.float32)
+        with torch.no_grad():
+            weight.copy_(values * scale.reshape(-1, *([1] * (weight.dim() - 1))))
+        layer.weight_bits = bits
+        if not isinstance(layer, FakeQuantWeight):
+            if "weight_scale" in layer._buffers:
+                layer._buffers["weight_scale"] = scale.clone()
+            else:
+                layer.register_buffer("weight_scale", scale.clone(), persistent=False)
+        restored.add(prefix + "weight")
+    result = model.load_state_dict(rest, strict=False)
+    missing = [k for k in result.missing_keys if k not in restored]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"unpack_weights: the packed weights do not fit the model (missing {missing}, "
+            f"unexpected {list(result.unexpected_keys)}); pass the model they were packed from"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# real int8 export (onnxruntime static quantization, QDQ format)
+# ---------------------------------------------------------------------------------------------
+
+
+def export_int8(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    calib_x: torch.Tensor,
+    path: str | Path,
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+) -> Path:
+    """Write a real int8 ONNX model (QDQ format) of ``model`` to ``path`` and return the path.
+
+    Steps: QAT layers are stripped to their fake-quantized float weights, BatchNorm is folded
+    (:func:`~nas.compress.fusion.fold_bn`), the fp32 graph is exported with
+    :func:`nas.onnx_utils.to_onnx` and quantized by ``onnxruntime.quantization.quantize_static``
+    with QuantFormat.QDQ, QInt8 symmetric weights (per output channel unless ``per_channel`` is
+    False), QUInt8 activations and MinMax ranges calibrated on ``calib_x`` (``(N, *input_shape)``,
+    a few hundred training examples are plenty).
+
+    Convs with fewer than 4 input channels per group (the input layer of image models) stay
+    fp32: onnxruntime's int8 kernel for them is several times slower than its fp32 one. Where
+    such a conv is followed by ReLU then MaxPool, the two are swapped (exact: max commutes with a
+    monotone function) so that onnxruntime does not move the following QuantizeLinear in front
+    of the MaxPool, where a slow uint8 NCHW MaxPool would run. ``reduce_range`` (7-bit weights)
+    is for CPUs without VNNI, where uint8 x int8 products can saturate.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    from nas import onnx_utils
+
+    input_shape = tuple(input_shape)
+    if calib_x.dim() != len(input_shape) + 1 or tuple(calib_x.shape[1:]) != input_shape:
+        raise ValueError(
+            f"export_int8: calib_x must have shape (N, *input_shape) = (N, "
+            f"{', '.join(map(str, input_shape))}), got {tuple(calib_x.shape)}; pass a batch of "
+            "training inputs"
+        )
+    if len(calib_x) == 0:
+        raise ValueError("export_int8: calib_x is empty; pass a few hundred training inputs")
+
+    plain = strip_qat(model) if _is_qat(model) else model
+    folded = fold_bn(plain)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx_utils.to_onnx(folded, input_shape, fp32)
+        keep_fp32 = _prepare_graph(fp32)
+        prepared = Path(tmp) / "prepared.onnx"
+        # shape inference only: ORT's graph optimisations happen at load time anyway
+        quant_pre_process(str(fp32), str(prepared), skip_optimization=True)
+        quantize_static(
+            str(prepared),
+            str(path),
+            _BatchReader(calib_x),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_fp32,
+        )
+    return path
+
+
+class _BatchReader:
+    """A ``CalibrationDataReader``: ``{"input": batch}`` dicts over ``calib_x``, then None."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int = _CALIB_BATCH) -> None:
+        data = x.detach().to(torch.float32).cpu().numpy()
+        self._batches = iter(
+            [{"input": data[i : i + batch_size]} for i in range(0, len(data), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+
+def _prepare_graph(path: Path) -> list[str]:
+    """Pick the convs to keep fp32 and swap ReLU -> MaxPool after them; save; return their names."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = weights[node.input[1]]
+        if group == 1 and len(dims) > 1 and dims[1] < _FIRST_LAYER_CHANNELS:
+            keep.append(node.name)
+    if keep:
+        _swap_relu_maxpool(graph, {n.output[0] for n in graph.node if n.name in keep})
+        onnx.save(model, str(path))
+    return keep
+
+
+def _swap_relu_maxpool(graph, after: set[str]) -> None:
+    """Rewrite ``x -> Relu -> MaxPool`` as ``x -> MaxPool -> Relu`` where ``x`` is in ``after``."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    swapped: set[str] = set()
+    for relu in graph.node:
+        if relu.op_type != "Relu" or relu.input[0] not in after or relu.output[0] in outputs:
+            continue
+        users = consumers.get(relu.output[0], [])
+        if len(users) != 1 or users[0].op_type != "MaxPool" or len(users[0].output) != 1:
+            continue
+        pool = users[0]
+        x, mid, out = relu.input[0], relu.output[0], pool.output[0]
+        pool.input[0], pool.output[0] = x, mid
+        relu.input[0], relu.output[0] = mid, out
+        swapped.add(mid)
+    if swapped:  # each Relu now follows its MaxPool; ``mid`` changed shape
+        kept = [v for v in graph.value_info if v.name not in swapped]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        _toposort(graph)
+
+
+def _toposort(graph) -> None:
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        assert ready, "graph has a cycle"
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+        pending = [n for n in pending if n not in ready]
+    copies = [copy.deepcopy(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def int8_ops(path: str | Path | bytes) -> set[str]:
+    """The op types in an ONNX model's graph (e.g. QuantizeLinear, DequantizeLinear, Conv)."""
+    import onnx
+
+    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
+    return {node.op_type for node in model.graph.node}
