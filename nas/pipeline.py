@@ -172,7 +172,7 @@ class ExperimentProblem:
         model, ctx = candidate.model, self.context()
         for step in candidate.plan:
             model = step.technique.estimate(model, step.knobs, ctx)
-        return self.measure(model, trained=False, split=None)
+        return self.measure(as_deployed(model, candidate.describe()), trained=False, split=None)
 
     def evaluate(self, candidate: Candidate, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         seed = self.exp.search.seed + trial.number
@@ -195,7 +195,9 @@ class ExperimentProblem:
                 train(model, self.data.train, finetune_config(cfg, epochs), seed=seed + 1)
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
         onnx = deployed_onnx(model, candidate.describe(), self.context())
-        metrics = self.measure(model, trained=None, split=self.data.val, onnx=onnx)
+        metrics = self.measure(
+            as_deployed(model, candidate.describe()), trained=None, split=self.data.val, onnx=onnx
+        )
         metrics["test_accuracy"] = self.metrics_accuracy(model, self.data.test, onnx)
         # the whole module too when params alone cannot rebuild it: compression changed its
         # shapes, or it came from outside the run folder (a pretrained model)
@@ -219,6 +221,17 @@ def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
     return model
 
 
+def as_deployed(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module:
+    """The float model that is exported: fake-quant removed (weights at their quantized values,
+    ``weight_bits`` kept for ``size_bytes``). Metrics are measured on this, never on QAT wrappers.
+    """
+    if "quantize" not in compression:
+        return model
+    from nas.compress.quant_ops import strip_qat
+
+    return strip_qat(model)
+
+
 def finetune_config(cfg: TrainConfig, epochs: float) -> TrainConfig:
     return cfg.model_copy(
         update={"epochs": epochs, "steps": None, "lr": cfg.finetune_lr or cfg.lr / 3}
@@ -234,10 +247,10 @@ def deployed_onnx(model: nn.Module, compression: Mapping[str, Any], ctx: Context
     knobs = compression.get("quantize")
     if knobs is None:
         return None
-    from nas.compress.quant_ops import export_int8, strip_qat
+    from nas.compress.quant_ops import export_int8
     from nas.compress.quantize import is_int8
 
-    plain = strip_qat(model)
+    plain = as_deployed(model, compression)
     if not is_int8(knobs):
         return onnx_utils.to_onnx(plain, ctx.input_shape)
     assert ctx.calib_x is not None

@@ -86,13 +86,8 @@ _CHANNELWISE = (
     nn.Dropout2d,
     nn.Dropout3d,
     nn.AlphaDropout,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
 )
+_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _UNARY_FUNCS = {
     torch.relu,
     F.relu,
@@ -112,13 +107,8 @@ _UNARY_FUNCS = {
     torch.clamp,
     torch.clip,
     F.dropout,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.max_pool3d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
 }
+_POOL_FUNCS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 _UNARY_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_", "clip", "contiguous"}
 _ADAPTIVE_FUNCS = {
     F.adaptive_avg_pool1d,
@@ -152,6 +142,16 @@ _CONV_OUT, _CONV_IN, _DEPTHWISE, _BATCHNORM = "conv_out", "conv_in", "depthwise"
 _LINEAR_OUT, _LINEAR_IN = "linear_out", "linear_in"
 
 
+_Paths = frozenset[frozenset[str]]
+_UNSCALED: _Paths = frozenset({frozenset()})  # straight from a conv: no BN has scaled it yet
+
+
+def _minimal(paths: Iterable[frozenset[str]]) -> _Paths:
+    """Drop paths that contain another path: their min can only be lower, so they never win."""
+    paths = set(paths)
+    return frozenset(p for p in paths if not any(q < p for q in paths))
+
+
 @dataclass(frozen=True)
 class _Member:
     name: str  # qualified module name
@@ -172,16 +172,6 @@ class _Group:
         gammas = {n: model.get_submodule(n).weight.detach().abs().float() for n in self.bns}
         per_path = [torch.stack([gammas[n] for n in path]).amin(0) for path in self.paths]
         return torch.stack(per_path).amax(0)
-
-
-_Paths = frozenset[frozenset[str]]
-_UNSCALED: _Paths = frozenset({frozenset()})  # straight from a conv: no BN has scaled it yet
-
-
-def _minimal(paths: Iterable[frozenset[str]]) -> _Paths:
-    """Drop paths that contain another path: their min can only be lower, so they never win."""
-    paths = set(paths)
-    return frozenset(p for p in paths if not any(q < p for q in paths))
 
 
 @dataclass
@@ -270,10 +260,6 @@ def _all_ones(size: object) -> bool:
     if isinstance(size, int):
         return size == 1
     return isinstance(size, (tuple, list)) and all(s == 1 for s in size)
-
-
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_POOL_FUNCS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 
 
 class _Walker:
@@ -523,11 +509,12 @@ def slimming_groups(model: nn.Module) -> list[list[str]]:
 
 
 def slimmable_bns(model: nn.Module) -> list[str]:
-    """Names of the BatchNorm layers whose channels slimming can remove (BN after a conv whose output channels can shrink).
+    """Names of the BatchNorm layers whose channels slimming can remove.
 
-    ``[]`` for a model without BatchNorm (e.g. the ``mlp`` space); ``ValueError`` when the model
-    has BatchNorm but cannot be traced by ``torch.fx``.
-    """  # noqa: E501
+    A BN after a conv whose output channels can shrink (graph order). ``[]`` for a model without
+    BatchNorm (e.g. the ``mlp`` space); ``ValueError`` when the model has BatchNorm but cannot be
+    traced by ``torch.fx``.
+    """
     return [name for group in slimming_groups(model) for name in group]
 
 
@@ -588,13 +575,13 @@ def _check_input_shape(input_shape: object) -> tuple[int, ...]:
     return shape
 
 
-def _order(scores: torch.Tensor) -> list[int]:
+def _order(scores: list[float]) -> list[int]:
     """Channel indices from least to most important (ties: lower index first)."""
-    return sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i))
 
 
 def _global_keep(
-    groups: list[_Group], scores: list[torch.Tensor], ratio: float, min_channels: int
+    groups: list[_Group], scores: list[list[float]], ratio: float, min_channels: int
 ) -> list[list[int]]:
     total = sum(g.size for g in groups)
     n_remove = math.floor(ratio * total + 1e-9)
@@ -602,7 +589,7 @@ def _global_keep(
     for gi, (g, s) in enumerate(zip(groups, scores, strict=True)):
         order = _order(s)
         removable = order[: g.size - min(min_channels, g.size)]
-        candidates += [(float(s[c]), rank / g.size, gi, c) for rank, c in enumerate(removable)]
+        candidates += [(s[c], rank / g.size, gi, c) for rank, c in enumerate(removable)]
     candidates.sort()
     removed: list[set[int]] = [set() for _ in groups]
     for _, _, gi, c in candidates[:n_remove]:
@@ -612,7 +599,7 @@ def _global_keep(
 
 def _per_layer_keep(
     groups: list[_Group],
-    scores: list[torch.Tensor],
+    scores: list[list[float]],
     per_layer: Mapping[str, float],
     min_channels: int,
 ) -> list[list[int]]:
@@ -664,7 +651,7 @@ def _slice_member(module: nn.Module, kind: str, idx: torch.Tensor) -> None:
     else:  # BatchNorm
         _set_param(module, "weight", 0, idx)
         _set_param(module, "bias", 0, idx)
-        for buf in ():
+        for buf in ("running_mean", "running_var"):
             if getattr(module, buf) is not None:
                 setattr(module, buf, _sliced(getattr(module, buf), 0, idx))
         module.num_features = n
@@ -727,9 +714,10 @@ def slim(
         raise ValueError(
             f"slim: {type(model).__name__} has BatchNorm layers but none can be slimmed (each is "
             "tied to the model's input or output, a concat, a reshape or another op whose "
-            "channels cannot shrink); nothing to prune"
+            "channels cannot shrink, or its channels also reach a layer without passing a BN); "
+            "nothing to prune: use structured pruning instead"
         )
-    scores = [g.scores(model) for g in groups]
+    scores = [g.scores(model).tolist() for g in groups]
     if per_layer is not None:
         keep = _per_layer_keep(groups, scores, per_layer, min_channels)
     else:

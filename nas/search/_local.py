@@ -232,6 +232,7 @@ def _run_workers(
                 for q in procs.values():
                     q.join()
                 procs.clear()
+                break  # the snapshot being iterated is stale now
     except KeyboardInterrupt:
         for q in procs.values():
             q.terminate()
