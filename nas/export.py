@@ -110,8 +110,9 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
 
             plain = strip_qat(model)
             int8 = is_int8(compression["quantize"])
-            packed = pack_weights(model)
-            if packed:  # weights below 8 bits, stored at their width
+            below8 = any(getattr(m, "weight_bits", 32) < 8 for m in model.modules())
+            packed = pack_weights(model) if below8 else {}
+            if packed:  # weights below 8 bits, stored at their width (8 bits: model.int8.onnx)
                 from safetensors.torch import save_file
 
                 save_file(packed, str(tmp / "weights.packed.safetensors"))

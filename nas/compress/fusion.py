@@ -17,6 +17,7 @@ names (and the layer names quantization maps bits to) do not change.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import fx, nn
@@ -80,7 +81,7 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if type(seq).forward is not nn.Sequential.forward or not isinstance(seq, nn.Sequential):
             continue
         children = list(seq.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+        for (a_name, a), (b_name, b) in itertools.pairwise(children):
             if _is_conv(a) and _is_norm(b) and b.num_features == a.out_channels:
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))

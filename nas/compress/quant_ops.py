@@ -13,18 +13,21 @@ Three parts, used in this order by a trial and its export:
   is SIMULATED: the weights are dequantized to float32 and the arithmetic is float; only the
   storage (:func:`pack_weights`) is really ``b`` bits per weight.
 * **Storage.** :func:`pack_weights` stores each layer with ``weight_bits <= 8`` as its integer
-  codes packed at exactly ``b`` bits (4 bits: two codes per byte) plus float32 per-channel scales;
-  :func:`unpack_weights` restores the dequantized weights bit for bit.
+  codes packed at exactly ``b`` bits (4 bits: two codes per byte) plus float32 per-channel scales
+  and its float32 bias; :func:`unpack_weights` restores the dequantized weights bit for bit.
 * **Real int8.** :func:`export_int8` folds BatchNorm, exports fp32 ONNX and runs onnxruntime's
   static quantization (QDQ format, per-channel symmetric int8 weights, uint8 activations,
   min/max calibration). onnxruntime fuses the QDQ pairs into integer kernels (QLinearConv,
   QGemm, QLinearAdd, ...) when it loads the model.
 
-Measured on x86 (AVX-512 VNNI, 1 thread, batch 64, 28x28 input, see the module's tests for the
-settings): uint8 activations beat int8 ones (ORT has no int8 QLinearAdd/Mul fusion on x86, so
-int8 activations leave residual adds in float); a conv with fewer than 4 input channels (the
-input layer) is 3-5x slower in int8 than fp32 because it misses MLAS's symmetric int8 conv
-kernel, so it stays fp32; ``reduce_range`` and per-channel weights cost no speed.
+Why these settings (onnxruntime 1.32, x86 CPU with VNNI, one thread): uint8 activations, because
+with int8 ones onnxruntime does not fuse QLinearAdd/QLinearMul on x86 and residual adds fall
+back to float (much slower MobileNets); per-channel weights and ``reduce_range`` cost no
+measurable speed; onnxruntime's pre-processing optimisation brings nothing (only its shape
+inference runs). A conv with fewer than 4 input channels (the input layer) misses MLAS's
+symmetric int8 conv kernel and is several times slower in int8 than in fp32, so it stays fp32
+(see :func:`export_int8`). Plain conv nets gain most; small MobileNets (depthwise convs, narrow
+projections) gain little or nothing.
 """
 
 from __future__ import annotations
@@ -312,23 +315,24 @@ def _packed_layers(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     for name, m in model.named_modules():
         bits = getattr(m, "weight_bits", None)
         is_layer = type(m) in _QAT_TYPES or isinstance(m, FakeQuantWeight)
-        if is_layer and isinstance(bits, int) and bits <= MAX_BITS:
-            out.append((name, m, _check_bits(bits, f"{name}.weight_bits")))
+        # 1-bit (binary) layers are another technique's business
+        if is_layer and isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS:
+            out.append((name, m, bits))
     return out
 
 
 def pack_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state with each ``weight_bits <= 8`` layer's weight stored at its bit width.
+    """The weights of every layer with ``weight_bits <= 8``, stored at exactly that width.
 
-    For such a layer ``name``: ``name.weight.codes`` (uint8, the codes offset by
+    For such a layer ``name``: ``name.weight.codes`` (uint8: the codes offset by
     ``2**(b-1) - 1`` to be unsigned and packed ``b`` bits each, little-endian, row-major over the
-    weight), ``name.weight.scale`` (float32, one per output channel) and ``name.weight.bits``
-    (uint8, one element). Every other state-dict entry (biases, other layers, BatchNorm
-    statistics) is stored as is. The dict can be written with ``safetensors.torch.save_file``;
-    :func:`unpack_weights` restores the model. Inference from it is still float (simulated).
+    weight; 4 bits are two codes per byte), ``name.weight.scale`` (float32, one per output
+    channel), ``name.weight.bits`` (uint8, one element) and ``name.bias`` (float32) when the layer
+    has one. Float layers are not included (empty dict: nothing quantized). QAT and stripped
+    models give the same dict. Save it with ``safetensors.torch.save_file``; inference from these
+    weights is still float compute on dequantized values (simulated below 8 bits).
     """
     packed: dict[str, torch.Tensor] = {}
-    replaced: set[str] = set()
     for name, layer, bits in _packed_layers(model):
         prefix = f"{name}." if name else ""
         codes, scale = _codes_and_scale(layer, bits)
@@ -336,26 +340,23 @@ def pack_weights(model: nn.Module) -> dict[str, torch.Tensor]:
         packed[prefix + _CODES] = torch.from_numpy(_pack_bits(unsigned, bits))
         packed[prefix + _SCALE] = scale.contiguous()
         packed[prefix + _BITS] = torch.tensor([bits], dtype=torch.uint8)
-        replaced.add(prefix + "weight")
-    for key, value in model.state_dict().items():
-        if key not in replaced:
-            packed[key] = value.detach().clone().contiguous()
+        if layer.bias is not None:
+            packed[prefix + "bias"] = layer.bias.detach().to(torch.float32).clone()
     return packed
 
 
 def packed_size_bytes(model: nn.Module) -> int:
-    """Exact bytes of the tensors :func:`pack_weights` returns (codes + scales + the rest)."""
+    """Exact bytes of :func:`pack_weights`' tensors: codes + scales + bit widths + biases."""
     return sum(t.numel() * t.element_size() for t in pack_weights(model).values())
 
 
 def unpack_weights(packed: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """Load :func:`pack_weights` output into ``model`` (same architecture), in place.
+    """Load :func:`pack_weights` output into ``model`` (the same architecture), in place.
 
-    Packed layers get the dequantized weights ``codes * scale`` (exactly what the packed model
-    computed with) and ``weight_bits``; every other entry is loaded as a state dict.
+    Each packed layer gets the dequantized weights ``codes * scale`` (bit for bit what the packed
+    model computed with), its bias, and ``weight_bits``. Other parameters are left as they are.
     """
     rest = dict(packed)
-    restored: set[str] = set()
     for key in [k for k in packed if k == _CODES or k.endswith("." + _CODES)]:
         prefix = key[: -len(_CODES)]
         name = prefix[:-1]
@@ -366,34 +367,44 @@ def unpack_weights(packed: Mapping[str, torch.Tensor], model: nn.Module) -> None
                 f"unpack_weights: packed layer {name!r} is not in the model; pass the model "
                 "the weights were packed from (same space and params)"
             ) from None
+        if prefix + _BITS not in rest or prefix + _SCALE not in rest:
+            raise ValueError(
+                f"unpack_weights: {name!r} has codes but no {_BITS}/{_SCALE}; pass the whole "
+                "dict pack_weights returned"
+            )
         bits = _check_bits(int(rest.pop(prefix + _BITS)[0]), f"{name}.weight.bits")
         scale = rest.pop(prefix + _SCALE).to(torch.float32)
         raw = rest.pop(key).numpy()
-        weight = layer.weight
-        if raw.size != math.ceil(weight.numel() * bits / 8) or len(scale) != weight.shape[0]:
+        bias = rest.pop(prefix + "bias", None)
+        weight = getattr(layer, "weight", None)
+        needed = math.ceil(weight.numel() * bits / 8) if weight is not None else -1
+        if (
+            raw.size != needed
+            or len(scale) != weight.shape[0]
+            or (bias is None) != (layer.bias is None)
+            or (bias is not None and bias.shape != layer.bias.shape)
+        ):
             raise ValueError(
-                f"unpack_weights: {name!r} holds {raw.size} bytes and {len(scale)} scales, but "
-                f"its weight {tuple(weight.shape)} at {bits} bits needs "
-                f"{math.ceil(weight.numel() * bits / 8)} and {weight.shape[0]}; pass the model "
+                f"unpack_weights: the packed {name!r} ({raw.size} bytes at {bits} bits, "
+                f"{len(scale)} scales) does not fit the model's layer {layer}; pass the model "
                 "the weights were packed from"
             )
         codes = torch.from_numpy(_unpack_bits(raw, bits, weight.numel())) - _qmax(bits)
         values = codes.reshape(weight.shape).to(torch.float32)
         with torch.no_grad():
             weight.copy_(values * scale.reshape(-1, *([1] * (weight.dim() - 1))))
+            if bias is not None:
+                layer.bias.copy_(bias)
         layer.weight_bits = bits
         if not isinstance(layer, FakeQuantWeight):
             if "weight_scale" in layer._buffers:
                 layer._buffers["weight_scale"] = scale.clone()
             else:
                 layer.register_buffer("weight_scale", scale.clone(), persistent=False)
-        restored.add(prefix + "weight")
-    result = model.load_state_dict(rest, strict=False)
-    missing = [k for k in result.missing_keys if k not in restored]
-    if missing or result.unexpected_keys:
+    if rest:
         raise ValueError(
-            f"unpack_weights: the packed weights do not fit the model (missing {missing}, "
-            f"unexpected {list(result.unexpected_keys)}); pass the model they were packed from"
+            f"unpack_weights: entries {sorted(rest)} belong to no packed layer; pass the dict "
+            "pack_weights returned"
         )
 
 
@@ -420,7 +431,7 @@ def export_int8(
     False), QUInt8 activations and MinMax ranges calibrated on ``calib_x`` (``(N, *input_shape)``,
     a few hundred training examples are plenty).
 
-    Convs with fewer than 4 input channels per group (the input layer of image models) stay
+    Ungrouped convs with fewer than 4 input channels (the input layer of image models) stay
     fp32: onnxruntime's int8 kernel for them is several times slower than its fp32 one. Where
     such a conv is followed by ReLU then MaxPool, the two are swapped (exact: max commutes with a
     monotone function) so that onnxruntime does not move the following QuantizeLinear in front

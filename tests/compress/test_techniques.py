@@ -1,0 +1,122 @@
+"""The shared suite every registered technique goes through, over every built-in space."""
+
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+import torch
+
+from nas.compress import Context, get, list_techniques, parse_compression
+from nas.errors import NasError
+from nas.onnx_utils import session, to_onnx
+from nas.space import list_spaces, resolve_space
+from objectives import count_flops, count_params, model_size_bytes
+
+SHAPES = [(1, 28, 28), (1, 8, 8)]
+NAMES = [t.name for t in list_techniques()]
+
+
+def _trial(seed: int) -> optuna.trial.Trial:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+
+
+def _candidate(space: str, shape: tuple[int, ...], seed: int, technique: str, per_layer: bool):
+    trial = _trial(seed)
+    model = resolve_space(space)(trial, input_shape=shape, num_classes=10)
+    tech = get(technique)
+    raw = {"per_layer": True} if per_layer else {}
+    ((_, settings),) = parse_compression({technique: raw})
+    return trial, model, tech, settings
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=["28x28", "8x8"])
+# every architecture space (``pretrained`` samples nothing and needs a model: test_pretrained.py)
+@pytest.mark.parametrize("space", [s for s in list_spaces() if s != "pretrained"])
+@pytest.mark.parametrize("technique", NAMES)
+def test_technique_on_space(
+    technique: str, space: str, shape: tuple[int, ...], per_layer: bool
+) -> None:
+    for seed in range(2):
+        trial, model, tech, settings = _candidate(space, shape, seed, technique, per_layer)
+        reason = tech.not_applicable(model, shape)
+        if reason is not None:
+            assert technique == "slimming" and space == "mlp", reason
+            assert "BatchNorm" in reason
+            continue
+        knobs = tech.sample(trial, settings, model, shape)
+        assert knobs is not None
+        if per_layer:
+            assert isinstance(knobs[tech.per_layer_knob], dict)
+            assert set(knobs[tech.per_layer_knob]) == set(tech.eligible(model, shape))
+        # BN statistics that are not the identity, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(-1, 1)
+        before = copy.deepcopy(model)
+        ctx = Context(shape, torch.rand(32, *shape))
+        out = tech.apply(model, knobs, ctx)
+        for a, b in zip(before.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b), "apply must not modify its input model"
+        x = torch.rand(4, *shape)
+        out.eval()
+        assert out(x).shape == (4, 10)
+        assert count_flops(out, shape) <= count_flops(before, shape)
+        assert count_params(out) <= count_params(before)
+        assert model_size_bytes(out) <= model_size_bytes(before)
+        est = tech.estimate(before, knobs, ctx)
+        assert est(x).shape == (4, 10)
+        plain = out
+        if technique == "quantize":
+            from nas.compress.quant_ops import strip_qat
+
+            plain = strip_qat(out)
+        y = session(to_onnx(plain, shape)).run(None, {"input": x.numpy()})[0]
+        assert y.shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ({"slimming": {"ratio": [0.0, 1.0]}}, "outside [0, 1)"),
+        ({"slimming": {"ratio": [0.6, 0.2]}}, "low <= high"),
+        ({"lowrank": {"rank": [0.0, 0.5]}}, "outside (0, 1]"),
+        ({"quantize": {"bits": [1, 8]}}, "outside [2, 8]"),
+        ({"quantize": {"bits": [4.5, 8]}}, "whole number"),
+        ({"quantize": {"bitz": 8}}, "unknown key 'bitz'"),
+        ({"lowrank": {"rank": [0.2, 0.5, 0.9]}}, "choices"),
+        ({"pruning": {}}, "unknown technique 'pruning'"),
+        ({"lowrank": 0.5}, "must be a mapping"),
+        ({"quantize": {"finetune": -1}}, "finetune"),
+    ],
+)
+def test_bad_compression_entries(entry: dict, needle: str) -> None:
+    with pytest.raises(NasError, match=None) as info:
+        parse_compression(entry)
+    msg = str(info.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_ranges_choices_fixed_and_optional() -> None:
+    ((tech, s),) = parse_compression({"quantize": {"bits": {"choices": [4, 8]}, "optional": True}})
+    trial = _trial(0)
+    model = resolve_space("cnn")(trial, input_shape=(1, 8, 8), num_classes=10)
+    seen = set()
+    for seed in range(12):
+        t = _trial(seed)
+        k = tech.sample(t, s, model, (1, 8, 8))
+        seen.add(None if k is None else k["bits"])
+    assert seen == {None, 4, 8}
+    ((tech, s),) = parse_compression({"lowrank": {"rank": 0.5}})
+    t = _trial(0)
+    assert tech.sample(t, s, model, (1, 8, 8)) == {"rank": 0.5}
+    assert t.params == {}  # a fixed knob is not a search parameter
+
+
+def test_order_is_fixed() -> None:
+    got = [t.name for t, _ in parse_compression({"quantize": {}, "lowrank": {}, "slimming": {}})]
+    assert got == ["slimming", "lowrank", "quantize"]
