@@ -281,23 +281,43 @@ def load_trial(run_dir: Path, number: int) -> nn.Module | None:
     return torch.load(path, weights_only=False).eval()  # our own run folder's file
 
 
+PREFLIGHT_CANDIDATES = 5
+
+
 def preflight(exp: Experiment, splits: Splits) -> None:
-    """Fail fast on bad space args: build one candidate from a throwaway trial."""
+    """Fail fast on bad input before a run folder is touched.
+
+    Builds a few random candidates: the space's args must work, and each compression technique
+    must apply to at least one of them (a technique that applies to some candidates only is fine:
+    the others are skipped with the reason recorded).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    trial = study.ask()
-    try:
-        build_model(
-            resolve_space(exp.space.name),
-            trial,
-            input_shape=splits.input_shape,
-            num_classes=splits.num_classes,
-            args=exp.space.args,
-        )
-    except NasError:
-        raise
-    except Exception as err:
-        raise NasError(
-            f"space {exp.space.name!r} raised {type(err).__name__}: {err}; fix the "
-            f"space or its args"
-        ) from None
+    space, shape = resolve_space(exp.space.name), splits.input_shape
+    techniques = parse_compression(exp.compression)
+    reasons: dict[str, str | None] = {t.name: "" for t, _ in techniques}
+    for _ in range(PREFLIGHT_CANDIDATES if techniques else 1):
+        try:
+            model = build_model(
+                space,
+                study.ask(),
+                input_shape=shape,
+                num_classes=splits.num_classes,
+                args=exp.space.args,
+            )
+        except NasError:
+            raise
+        except Exception as err:
+            raise NasError(
+                f"space {exp.space.name!r} raised {type(err).__name__}: {err}; fix "
+                f"the space or its args"
+            ) from None
+        for tech, _ in techniques:
+            if reasons[tech.name] is not None:
+                reasons[tech.name] = tech.not_applicable(model, shape)
+    for name, reason in reasons.items():
+        if reason:
+            raise NasError(
+                f"compression.{name} cannot apply to space {exp.space.name!r} "
+                f"({reason}); remove it or choose a space it applies to"
+            )

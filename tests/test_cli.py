@@ -76,6 +76,11 @@ def test_spaces_and_objectives_list(capsys: pytest.CaptureFixture[str]) -> None:
             ("/nonexistent/fm", "apt-get install dataset-fashion-mnist"),
         ),
         ({"search__storage": "not a url"}, ("not a valid URL",)),
+        ({"compression": {"quantize": {"bits": [1, 8]}}}, ("compression.quantize.bits", "[2, 8]")),
+        ({"compression": {"slimming": {"ratio": [0.0, 1.0]}}}, ("[0, 1)",)),
+        ({"compression": {"lowrank": {"rank": [0, 1]}}}, ("(0, 1]",)),
+        ({"compression": {"prune": {}}}, ("unknown technique 'prune'", "slimming")),
+        ({"compression": {"slimming": {}}}, ("compression.slimming cannot apply", "BatchNorm")),
     ],
 )
 def test_run_bad_experiment(

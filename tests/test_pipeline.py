@@ -40,3 +40,54 @@ def test_resume_may_raise_the_trial_budget(finished_run: Path, tmp_path: Path) -
     before = len(nas.load(str(run_dir)).front().front.candidates)
     run = nas.run(str(QUICK), out=run_dir, workers=1, trials=before + 2, progress=False)
     assert len(run.front().front.candidates) == before + 2
+
+
+def test_architecture_and_compression_in_one_trial(tmp_path: Path) -> None:
+    """Slimming + low-rank + int8 on the cnn space: real shrinking, deployed int8, re-verified."""
+    import json
+
+    import onnx
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"name": "digits"},
+                "space": {"name": "cnn", "args": {"max_depth": 2, "widths": [16, 32]}},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01},
+                "compression": {
+                    "slimming": {"ratio": 0.5, "strength": 1e-4},
+                    "lowrank": {"rank": 0.5},
+                    "quantize": {"bits": {"choices": [4, 8]}, "finetune": 1},
+                },
+                "objectives": {
+                    "accuracy": "maximize",
+                    "flops": "minimize",
+                    "size_bytes": "minimize",
+                },
+                "search": {"trials": 4, "workers": 1, "sampler": "random"},
+            }
+        )
+    )
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    done = run.study().get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(done) == 4
+    for t in done:
+        assert set(t.user_attrs["compression"]) == {"slimming", "lowrank", "quantize"}
+        assert t.user_attrs["accuracy_before_compression"] > 0
+        assert (tmp_path / "run" / "weights" / f"trial-{t.number:05d}.pt").is_file()
+    dirs = run.front().export(
+        tmp_path / "out", select=" ".join(str(t.number) for t in done), progress=False
+    )
+    for d in dirs:
+        config = json.loads((d / "config.json").read_text())
+        bits = config["compression"]["quantize"]["bits"]
+        if bits == 8:
+            ops = {n.op_type for n in onnx.load(d / "model.int8.onnx").graph.node}
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+            assert config["onnx"]["deployed"] == "model.int8.onnx"
+        else:
+            assert (d / "weights.packed.safetensors").is_file()
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["exported"]["test_accuracy"] == m["search"]["test_accuracy"]
+        assert m["exported"]["flops"] == m["search"]["flops"]
