@@ -86,6 +86,7 @@ def factorize(
     input_shape: tuple[int, ...],
     *,
     per_layer: Mapping[str, float] | None = None,
+    round_to: int = 1,
 ) -> nn.Module:
     """Return a NEW model (deepcopy; input untouched) where each eligible layer is replaced by two
     thinner layers from a truncated SVD.
@@ -96,12 +97,16 @@ def factorize(
         input_shape: one example's shape, for the dummy forward pass that sizes each layer.
         per_layer: layer name -> ratio, overriding ``rank`` for those layers. Keys must name
             Linear/Conv1d/Conv2d layers of ``model``.
+        round_to: ``r`` is rounded up to a multiple of this (capped at the full rank), so that
+            runtimes' blocked conv kernels stay fast on the thin middle layer.
 
     A layer is replaced (by a ``LowRank`` under the same name) only when ``r`` gives strictly
     fewer multiply-adds than the layer has, so FLOPs and parameters never grow and ``rank=1.0``
     returns an unchanged copy.
     """
     _check_ratio("rank", rank)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"factorize: round_to must be an int >= 1, got {round_to!r}; pass e.g. 8")
     input_shape = _check_input_shape(input_shape)
     overrides = dict(per_layer or {})
     for name, ratio in overrides.items():
@@ -119,6 +124,7 @@ def factorize(
 
     for name, cost in costs.items():
         r = _rank_of(overrides.get(name, rank), cost.full_rank)
+        r = min(cost.full_rank, -(-r // round_to) * round_to)
         if not cost.pays(r):
             continue
         replacement = factorize_layer(cost.module, r)

@@ -621,6 +621,24 @@ def _per_layer_keep(
     return keep
 
 
+def _round_keep(
+    groups: list[_Group], scores: list[list[float]], keep: list[list[int]], round_to: int
+) -> list[list[int]]:
+    """Round each pruned group's kept count up to a multiple of ``round_to`` (capped at its
+    size) by restoring its highest-scoring removed channels: runtimes such as onnxruntime run
+    convolutions in channel blocks, and odd channel counts can make a smaller model slower."""
+    if round_to <= 1:
+        return keep
+    out = []
+    for g, s, kept in zip(groups, scores, keep, strict=True):
+        want = min(g.size, -(-len(kept) // round_to) * round_to)
+        if len(kept) < g.size and want > len(kept):
+            removed = [c for c in reversed(_order(s)) if c not in set(kept)]
+            kept = sorted(kept + removed[: want - len(kept)])
+        out.append(kept)
+    return out
+
+
 def _sliced(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.detach().index_select(dim, idx.to(t.device)).clone()
 
@@ -680,6 +698,7 @@ def slim(
     *,
     per_layer: Mapping[str, float] | None = None,
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> nn.Module:
     """Return a NEW, physically smaller model (deepcopy; the input is not modified).
 
@@ -692,6 +711,8 @@ def slim(
             BNs not named are not pruned. BNs tied into one group (``slimming_groups``) prune the
             group by the mean of the ratios given for them.
         min_channels: channels every group keeps at least (its highest-|gamma| ones).
+        round_to: a pruned group keeps a multiple of this many channels (rounded up, restoring
+            its highest-|gamma| channels), so that runtimes' blocked conv kernels stay fast.
 
     Raises ``ValueError`` for a model without BatchNorm, without a slimmable BN, or that
     ``torch.fx`` cannot trace, and for out-of-range arguments.
@@ -722,6 +743,11 @@ def slim(
         keep = _per_layer_keep(groups, scores, per_layer, min_channels)
     else:
         keep = _global_keep(groups, scores, ratio, min_channels)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(
+            f"slim: round_to must be an int >= 1, got round_to={round_to!r}; pass e.g. 4"
+        )
+    keep = _round_keep(groups, scores, keep, round_to)
 
     reference = _output_shapes(model, input_shape)
     new = copy.deepcopy(model)

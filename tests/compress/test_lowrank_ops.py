@@ -324,3 +324,12 @@ def test_onnx_export_matches_torch(space, shape) -> None:
     sess = session(to_onnx(small, shape))
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_round_to_rounds_ranks_up() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+    out = factorize(model, 0.1, (1, 28, 28), round_to=8)
+    ranks = [m.lowrank_rank for m in out.modules() if hasattr(m, "lowrank_rank")]
+    assert ranks and all(r % 8 == 0 for r in ranks), ranks
+    with pytest.raises(ValueError, match="round_to"):
+        factorize(model, 0.1, (1, 28, 28), round_to=0)

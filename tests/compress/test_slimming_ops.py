@@ -312,3 +312,23 @@ def test_bad_inputs_raise_value_error() -> None:
         slim(model, 0.5, (0, 8))
     with pytest.raises(ValueError, match="strength"):
         bn_l1_penalty(model, -1.0)
+
+
+def test_round_to_keeps_multiples_of_the_block() -> None:
+    import optuna
+
+    from search_spaces.cnn import cnn
+
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5)).ask()
+    model = cnn(trial, input_shape=(1, 28, 28), num_classes=10, widths=(32, 48, 64), min_depth=2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(0))
+    plain, rounded = slim(model, 0.5, (1, 28, 28)), slim(model, 0.5, (1, 28, 28), round_to=8)
+    widths = [m.out_channels for m in rounded.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert sum(p.numel() for p in rounded.parameters()) >= sum(
+        p.numel() for p in plain.parameters()
+    )
+    with pytest.raises(ValueError, match="round_to"):
+        slim(model, 0.5, (1, 28, 28), round_to=0)

@@ -113,7 +113,7 @@ def test_ranges_choices_fixed_and_optional() -> None:
     assert seen == {None, 4, 8}
     ((tech, s),) = parse_compression({"lowrank": {"rank": 0.5}})
     t = _trial(0)
-    assert tech.sample(t, s, model, (1, 8, 8)) == {"rank": 0.5}
+    assert tech.sample(t, s, model, (1, 8, 8)) == {"rank": 0.5, "round_to": 8}
     assert t.params == {}  # a fixed knob is not a search parameter
 
 
