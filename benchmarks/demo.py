@@ -1,6 +1,6 @@
 """Time the default demo end to end (search + front + export with re-verification).
 
-    python benchmarks/demo.py            # what `make demo` runs, in a fresh run folder
+    python benchmarks/demo.py [--out runs/fashion-mnist]   # what `make demo` runs, from scratch
 
 Writes benchmarks/results/demo.json and demo.md: wall time of each step, trials, front size,
 the front (test accuracy and multiply-adds of each model) and the export verification.
@@ -8,6 +8,7 @@ the front (test accuracy and multiply-adds of each model) and the export verific
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -55,8 +56,13 @@ def compressed_vs_plain(run_dir: Path) -> dict:
 
 def main() -> None:
     nas = [sys.executable, "-m", "nas.cli"]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="keep the run folder here (default: a temp folder)")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
+        run_dir = args.out or Path(tmp) / "run"
+        if run_dir.exists():
+            sys.exit(f"error: {run_dir} exists; the demo is timed from a fresh run folder")
         t_run = _timed(
             [*nas, "run", str(EXPERIMENT), "--out", str(run_dir), "--workers", "2", "-q"]
         )
