@@ -289,3 +289,15 @@ def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
     path.write_text("space: mlp\nobjectives: [accuracy]\nspace: cnn\n")
     with pytest.raises(NasError, match=r"duplicate key 'space' at line 3"):
         load_experiment(path)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_experiments_are_valid(path: Path) -> None:
+    from nas.compress import parse_compression
+    from nas.pipeline import resolve_objectives
+
+    exp = load_experiment(path)
+    resolve_objectives(exp)
+    parse_compression(exp.compression)
