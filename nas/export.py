@@ -103,9 +103,9 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
         deployed = deployed_onnx(
             model, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
         )
-        plain, int8 = model, False
+        plain, int8, packed_sizes = model, False, {}
         if "quantize" in compression:
-            from nas.compress.quant_ops import pack_weights, strip_qat
+            from nas.compress.quant_ops import pack_weights, packed_size_bytes, strip_qat
             from nas.compress.quantize import is_int8
 
             plain = strip_qat(model)
@@ -116,6 +116,10 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                 from safetensors.torch import save_file
 
                 save_file(packed, str(tmp / "weights.packed.safetensors"))
+                packed_sizes = {
+                    "packed_weights_bytes": float(packed_size_bytes(model)),  # codes+scales+biases
+                    "packed_file_bytes": float((tmp / "weights.packed.safetensors").stat().st_size),
+                }
         onnx_utils.to_onnx(plain, splits.input_shape, tmp / "model.onnx")
         model_file = tmp / "model.onnx"
         if int8 and deployed is not None:
@@ -140,6 +144,7 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             "params": float(count_params(model)),
             "size_bytes": float(model_size_bytes(model)),
             "onnx_file_bytes": float(model_file.stat().st_size),
+            **packed_sizes,
             f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
         }
         config = {
