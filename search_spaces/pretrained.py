@@ -6,7 +6,8 @@
 It samples no parameter: every trial starts from a copy of the same trained model, and training
 (``train:``) continues from its weights, so keep that budget small (it is a fine-tune: the
 sparsity-inducing training that slimming needs happens there). ``select`` is ``knee`` (default)
-or a trial number of the run's completed feasible trials.
+or a trial number of the run's completed feasible trials; a compressed trial is loaded as its float
+equivalent (fake-quant removed, its weights keeping their quantized values).
 """
 
 from __future__ import annotations
@@ -41,7 +42,21 @@ def _load(run: str | None, select: str, path: str | None) -> nn.Module:
     r = Run.open(run)  # type: ignore[arg-type]
     front = r.front().front
     selected = select_points(r, front, select)
-    return trial_model(r, selected[0]).eval()
+    return as_float(trial_model(r, selected[0])).eval()
+
+
+def as_float(model: nn.Module) -> nn.Module:
+    """A compressed trial as a plain float model to compress again: fake-quant removed (weights
+    keep their quantized values), bit widths and the record of what was applied dropped."""
+    from nas.pipeline import as_deployed
+
+    model = as_deployed(model, getattr(model, "nas_compression", {}))
+    for m in model.modules():
+        if "weight_bits" in vars(m):
+            del m.weight_bits
+    if "nas_compression" in vars(model):
+        del model.nas_compression
+    return model
 
 
 def pretrained(
