@@ -45,6 +45,21 @@ class Knob:
         return (lo < v if self.open_low else lo <= v) and (v < hi if self.open_high else v <= hi)
 
 
+def round_to_knob(what: str) -> Knob:
+    """The shared ``round_to`` knob of structural techniques (fixed at 8 unless the YAML says).
+
+    onnxruntime runs convolutions in channel blocks (8 or 16 wide); a model with odd channel
+    counts can be slower than the larger original (benchmarks/results/compression.md).
+    """
+    return Knob(
+        "round_to",
+        "int",
+        (1, 64),
+        (8, 8),
+        help=f"{what} rounded up to a multiple (fast blocked kernels; 16 on AVX-512)",
+    )
+
+
 @dataclass(frozen=True)
 class KnobRange:
     """What the experiment asks for one knob: a range, choices, or a fixed value."""

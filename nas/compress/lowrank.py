@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique
+from nas.compress._base import Context, Knob, Technique, round_to_knob
 from nas.compress.lowrank_ops import eligible_layers, factorize
 
 
@@ -29,13 +29,7 @@ class LowRank(Technique):
             open_low=True,
             help="ratio of each layer's full rank",
         ),
-        Knob(
-            "round_to",
-            "int",
-            (1, 64),
-            (8, 8),
-            help="ranks rounded up to a multiple (fast blocked kernels; 16 on AVX-512)",
-        ),
+        round_to_knob("ranks"),
     )
     per_layer_knob = "rank"
     exports = "the factorized model (fewer MACs and parameters)"

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique
+from nas.compress._base import Context, Knob, Technique, round_to_knob
 from nas.compress.slimming_ops import bn_l1_penalty, slim, slimmable_bns
 from nas.train import LossHook
 
@@ -41,13 +41,7 @@ class Slimming(Technique):
             log=True,
             help="L1 penalty on BN gammas during training",
         ),
-        Knob(
-            "round_to",
-            "int",
-            (1, 64),
-            (8, 8),
-            help="kept channels rounded up to a multiple (fast blocked kernels; 16 on AVX-512)",
-        ),
+        round_to_knob("kept channels"),
     )
     per_layer_knob = "ratio"
     exports = "the physically smaller model (fewer channels)"

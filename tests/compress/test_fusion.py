@@ -11,15 +11,6 @@ from search_spaces import cnn, mobilenet
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on a busy machine (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SHAPE = (1, 16, 16)  # small maps keep the eager forward passes fast
 
 

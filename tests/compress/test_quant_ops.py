@@ -33,15 +33,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SHAPE = (1, 16, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on a busy machine (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sample(space, seed: int, input_shape=SHAPE) -> nn.Module:
     torch.manual_seed(seed)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
