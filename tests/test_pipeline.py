@@ -91,3 +91,19 @@ def test_architecture_and_compression_in_one_trial(tmp_path: Path) -> None:
         m = json.loads((d / "metrics.json").read_text())
         assert m["exported"]["test_accuracy"] == m["search"]["test_accuracy"]
         assert m["exported"]["flops"] == m["search"]["flops"]
+
+
+def test_candidate_a_technique_cannot_apply_to_is_skipped_with_reason(tmp_path: Path) -> None:
+    data = yaml.safe_load(QUICK.read_text())
+    data["space"] = {"name": "cnn", "args": {"max_depth": 1, "widths": [8], "batch_norm": "search"}}
+    data["compression"] = {"slimming": {"ratio": 0.3}}
+    data["search"].update(trials=3, workers=1, sampler="random", seed=1)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(data))
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    trials = run.study().get_trials(deepcopy=False)
+    skipped = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and all(t.params["batch_norm"] for t in complete)
+    assert skipped and all(not t.params["batch_norm"] for t in skipped)
+    assert all("slimming cannot apply" in t.user_attrs["rejected"] for t in skipped)
