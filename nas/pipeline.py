@@ -198,19 +198,14 @@ class ExperimentProblem:
         metrics = self.measure(
             as_deployed(model, candidate.describe()), trained=None, split=self.data.val, onnx=onnx
         )
-        metrics["test_accuracy"] = self.metrics_accuracy(model, self.data.test, onnx)
+        # reported, never optimised: the deployed model on the test split
+        test_ctx = MeasureContext(self.data.input_shape, self.data.test, {}, onnx)
+        metrics["test_accuracy"] = OBJECTIVES.get("accuracy").measure(model, test_ctx)
         # the whole module too when params alone cannot rebuild it: compression changed its
         # shapes, or it came from outside the run folder (a pretrained model)
         whole = bool(plan) or self.exp.space.name == "pretrained"
         save_trial(model, self.run_dir, trial.number, structural=whole)
         return metrics
-
-    @staticmethod
-    def metrics_accuracy(model: nn.Module, split: Split, onnx: bytes | None) -> float:
-        """Accuracy of the deployed model: onnxruntime for an ONNX deployment, else torch."""
-        if onnx is None:
-            return evaluate(model, split)
-        return onnx_utils.accuracy(onnx_utils.session(onnx), split.x, split.y)
 
 
 def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
