@@ -41,7 +41,9 @@ def plot_front(front: Front, path: Path, title: str = "") -> Path:
                 label=f"infeasible ({len(front.infeasible)})",
             )
         pts = sorted(front.points, key=lambda p: p.metrics[xn])
-        ax.plot(*xy(pts), "-o", c="#1f6feb", ms=6, lw=1.2, label=f"front ({len(pts)})")
+        # a 2-objective front is a curve; with more objectives its projection is only points
+        style = "-o" if len(names) == 2 else "o"
+        ax.plot(*xy(pts), style, c="#1f6feb", ms=6, lw=1.2, label=f"front ({len(pts)})")
         for p in pts:
             ax.annotate(
                 f"#{p.number}",
@@ -50,8 +52,11 @@ def plot_front(front: Front, path: Path, title: str = "") -> Path:
                 xytext=(3, 3),
                 textcoords="offset points",
             )
-        if xn in ("flops", "params", "size_bytes") and pts and min(xy(pts)[0]) > 0:
+        costs = ("flops", "params", "size_bytes")
+        if xn in costs and pts and min(xy(pts)[0]) > 0:
             ax.set_xscale("log")
+        if yn in costs and pts and min(xy(pts)[1]) > 0:
+            ax.set_yscale("log")
         ax.set_xlabel(f"{xn} ({front.directions[xn]})")
         ax.set_ylabel(f"{yn} ({front.directions[yn]})")
         ax.grid(alpha=0.3)
