@@ -105,6 +105,7 @@ class Technique:
     knobs: ClassVar[tuple[Knob, ...]]
     per_layer_knob: ClassVar[str | None] = None  # the knob ``per_layer: true`` samples per layer
     exports: ClassVar[str] = ""
+    no_eligible_layer: ClassVar[str | None] = None  # the reason given when eligible() is empty
     min_finetune: ClassVar[float] = 0.0  # epochs the pipeline fine-tunes at least after apply
 
     # ---- configuration -------------------------------------------------------------------
@@ -171,7 +172,12 @@ class Technique:
         return []
 
     def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-        """Why this technique cannot apply to ``model`` (``None`` when it can)."""
+        """Why this technique cannot apply to ``model`` (``None`` when it can).
+
+        By default: ``no_eligible_layer`` when ``eligible`` finds no layer to act on.
+        """
+        if self.no_eligible_layer is not None and not self.eligible(model, input_shape):
+            return self.no_eligible_layer
         return None
 
     def sample(

@@ -31,16 +31,12 @@ class LowRank(Technique):
         ),
         round_to_knob("ranks"),
     )
+    no_eligible_layer = "no Linear/conv layer that a factorization would make cheaper"
     per_layer_knob = "rank"
     exports = "the factorized model (fewer MACs and parameters)"
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
         return eligible_layers(model, input_shape)
-
-    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-        if not self.eligible(model, input_shape):
-            return "no Linear/conv layer that a factorization would make cheaper"
-        return None
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         rank, round_to = knobs["rank"], int(knobs.get("round_to", 1))

@@ -23,15 +23,13 @@ class Quantize(Technique):
     name = "quantize"
     description = "QAT with per-channel fake-quant weights (2-8 bits); real int8 export at 8 bits"
     knobs = (Knob("bits", "int", (2, 8), (4, 8), help="weight bit width"),)
+    no_eligible_layer = "no Conv/Linear layer to quantize"
     per_layer_knob = "bits"
     exports = "int8 ONNX (QDQ, onnxruntime) at 8 bits; packed weights below 8 bits (simulated)"
     min_finetune = 0.25  # QAT observes activation ranges and adapts weights while fine-tuning
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
         return quantizable_layers(model)
-
-    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-        return None if self.eligible(model, input_shape) else "no Conv/Linear layer to quantize"
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         bits = knobs["bits"]

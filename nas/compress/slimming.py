@@ -43,16 +43,14 @@ class Slimming(Technique):
         ),
         round_to_knob("kept channels"),
     )
+    no_eligible_layer = (
+        "the model has no BatchNorm after a prunable conv (network slimming needs them)"
+    )
     per_layer_knob = "ratio"
     exports = "the physically smaller model (fewer channels)"
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
         return slimmable_bns(model)
-
-    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-        if not self.eligible(model, input_shape):
-            return "the model has no BatchNorm after a prunable conv (network slimming needs them)"
-        return None
 
     def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
         strength = float(knobs["strength"])
