@@ -169,25 +169,23 @@ class FakeQuantWeight:
         return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
 
 
-class QATConv1d(FakeQuantWeight, nn.Conv1d):
+class _QATConv(FakeQuantWeight):
+    """The forward shared by the QAT convolutions (``_conv_forward`` comes from torch's class)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
+
+
+class QATConv1d(_QATConv, nn.Conv1d):
     float_type = nn.Conv1d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
 
-
-class QATConv2d(FakeQuantWeight, nn.Conv2d):
+class QATConv2d(_QATConv, nn.Conv2d):
     float_type = nn.Conv2d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
 
-
-class QATConv3d(FakeQuantWeight, nn.Conv3d):
+class QATConv3d(_QATConv, nn.Conv3d):
     float_type = nn.Conv3d
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QATLinear(FakeQuantWeight, nn.Linear):
