@@ -31,7 +31,12 @@ from nas import onnx_utils  # noqa: E402
 from nas.compress import Context, get  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
 from nas.data import load_data  # noqa: E402
-from nas.pipeline import CALIBRATION_EXAMPLES, deployed_onnx, finetune_config  # noqa: E402
+from nas.pipeline import (  # noqa: E402
+    CALIBRATION_EXAMPLES,
+    as_deployed,
+    finetune_config,
+    int8_onnx,
+)
 from nas.space import rebuild, resolve_space  # noqa: E402
 from nas.train import evaluate, train  # noqa: E402
 from objectives import count_flops, count_params, model_size_bytes  # noqa: E402
@@ -86,14 +91,8 @@ ROWS = [
 
 def measure(model: torch.nn.Module, compression: dict, splits, shape) -> dict[str, float]:
     ctx = Context(shape, splits.train.x[:CALIBRATION_EXAMPLES])
-    onnx = deployed_onnx(model, compression, ctx)
-    plain = model
-    if onnx is None:
-        onnx = onnx_utils.to_onnx(model, shape)
-    else:
-        from nas.compress.quant_ops import strip_qat
-
-        plain = strip_qat(model)
+    plain = as_deployed(model, compression)
+    onnx = int8_onnx(plain, compression, ctx) or onnx_utils.to_onnx(plain, shape)
     sess = onnx_utils.session(onnx, threads=1)
     return {
         "test_accuracy": onnx_utils.accuracy(sess, splits.test.x, splits.test.y),

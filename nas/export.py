@@ -27,7 +27,8 @@ from nas.compress import Context
 from nas.errors import NasError
 from nas.pipeline import (
     CALIBRATION_EXAMPLES,
-    deployed_onnx,
+    as_deployed,
+    int8_onnx,
     load_trial,
     load_weights,
     module_path,
@@ -100,16 +101,14 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
     compression = dict(getattr(model, "nas_compression", {}))
     tmp = Path(tempfile.mkdtemp(prefix=f".trial-{p.number}-", dir=dest.parent))
     try:
-        deployed = deployed_onnx(
-            model, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
+        plain = as_deployed(model, compression)
+        int8 = int8_onnx(
+            plain, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
         )
-        plain, int8, packed_sizes = model, False, {}
+        packed_sizes: dict[str, float] = {}
         if "quantize" in compression:
-            from nas.compress.quant_ops import pack_weights, packed_size_bytes, strip_qat
-            from nas.compress.quantize import is_int8
+            from nas.compress.quant_ops import pack_weights, packed_size_bytes
 
-            plain = strip_qat(model)
-            int8 = is_int8(compression["quantize"])
             below8 = any(getattr(m, "weight_bits", 32) < 8 for m in model.modules())
             packed = pack_weights(model) if below8 else {}
             if packed:  # weights below 8 bits, stored at their width (8 bits: model.int8.onnx)
@@ -122,9 +121,9 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                 }
         onnx_utils.to_onnx(plain, splits.input_shape, tmp / "model.onnx")
         model_file = tmp / "model.onnx"
-        if int8 and deployed is not None:
+        if int8 is not None:
             model_file = tmp / "model.int8.onnx"
-            model_file.write_bytes(deployed)
+            model_file.write_bytes(int8)
         shutil.copyfile(src, tmp / "weights.safetensors")
         if compression:
             shutil.copyfile(module_path(run.dir, p.number), tmp / "model.pt")

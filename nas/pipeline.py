@@ -19,7 +19,6 @@ import optuna
 import torch
 from torch import nn
 
-from nas import onnx_utils
 from nas.compress import Context, Settings, Technique, parse_compression
 from nas.config import Bound, Experiment, TrainConfig
 from nas.data import Split, Splits, load_data
@@ -194,13 +193,13 @@ class ExperimentProblem:
                 t0 = time.perf_counter()
                 train(model, self.data.train, finetune_config(cfg, epochs), seed=seed + 1)
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
-        onnx = deployed_onnx(model, candidate.describe(), self.context())
-        metrics = self.measure(
-            as_deployed(model, candidate.describe()), trained=None, split=self.data.val, onnx=onnx
-        )
+        compression = candidate.describe()
+        plain = as_deployed(model, compression)
+        onnx = int8_onnx(plain, compression, self.context())
+        metrics = self.measure(plain, trained=None, split=self.data.val, onnx=onnx)
         # reported, never optimised: the deployed model on the test split
         test_ctx = MeasureContext(self.data.input_shape, self.data.test, {}, onnx)
-        metrics["test_accuracy"] = OBJECTIVES.get("accuracy").measure(model, test_ctx)
+        metrics["test_accuracy"] = OBJECTIVES.get("accuracy").measure(plain, test_ctx)
         # the whole module too when params alone cannot rebuild it: compression changed its
         # shapes, or it came from outside the run folder (a pretrained model)
         whole = bool(plan) or self.exp.space.name == "pretrained"
@@ -233,21 +232,21 @@ def finetune_config(cfg: TrainConfig, epochs: float) -> TrainConfig:
     )
 
 
-def deployed_onnx(model: nn.Module, compression: Mapping[str, Any], ctx: Context) -> bytes | None:
-    """The ONNX model that is deployed when it is not the plain export of ``model``.
+def int8_onnx(plain: nn.Module, compression: Mapping[str, Any], ctx: Context) -> bytes | None:
+    """The real int8 model deployed for a model quantized at 8 bits, else ``None`` (the deployed
+    model is then the float export of ``plain``; below 8 bits its weights hold the dequantized
+    values: simulated compute).
 
-    Quantized at 8 bits: real int8 (BN folded, onnxruntime static QDQ quantization calibrated on
-    training data). Below 8 bits: the float export of the dequantized weights (simulated compute).
+    ``plain`` is ``as_deployed(model, compression)``. int8: BN folded, onnxruntime static QDQ
+    quantization calibrated on training data.
     """
     knobs = compression.get("quantize")
-    if knobs is None:
-        return None
-    from nas.compress.quant_ops import export_int8
     from nas.compress.quantize import is_int8
 
-    plain = as_deployed(model, compression)
-    if not is_int8(knobs):
-        return onnx_utils.to_onnx(plain, ctx.input_shape)
+    if knobs is None or not is_int8(knobs):
+        return None
+    from nas.compress.quant_ops import export_int8
+
     assert ctx.calib_x is not None
     with tempfile.TemporaryDirectory() as tmp:
         path = export_int8(plain, ctx.input_shape, ctx.calib_x, Path(tmp) / "int8.onnx")
