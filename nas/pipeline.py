@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,12 @@ class ExperimentProblem:
             model = step.technique.estimate(model, step.knobs, ctx)
         return self.measure(as_deployed(model, candidate.describe()), trained=False, split=None)
 
-    def evaluate(self, candidate: Candidate, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def evaluate(
+        self,
+        candidate: Candidate,
+        trial: optuna.trial.BaseTrial,
+        report: Callable[[float, Mapping[str, float]], None] | None = None,
+    ) -> dict[str, Any]:
         seed = self.exp.search.seed + trial.number
         seed_everything(seed)
         model, plan, cfg = candidate.model, candidate.plan, self.exp.train

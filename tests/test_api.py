@@ -70,6 +70,10 @@ def test_static_constraint_rejects_before_evaluate(sampler: str) -> None:
     assert len(complete) == N_TRIALS
     assert len(ev.seen) == N_TRIALS  # only candidates that passed were evaluated
     assert all(c <= 0.3 for c in ev.seen)
+    if sampler == "auto":  # violators are dropped among the proposals: no trial is even made
+        assert not rejected
+        assert sum(t.user_attrs["proposal"]["infeasible"] for t in complete) > 0
+        return
     assert rejected, "with x ~ U(0, 1) some candidates must break cost <= 0.3"
     for t in rejected:
         assert t.params["x"] > 0.3
@@ -138,3 +142,78 @@ def test_empty_directions() -> None:
 def test_constraint_on_an_unknown_metric() -> None:
     with pytest.raises(NasError, match="cots"):
         _search(Evaluate(), n_trials=3, constraints={"cots": {"max": 0.1}})
+
+
+def _space_grid(trial: optuna.Trial) -> tuple[int, int]:
+    return trial.suggest_int("a", 0, 2), trial.suggest_categorical("b", ["x", "y", "z"])
+
+
+def test_auto_never_evaluates_a_candidate_twice_and_stops_when_the_space_is_exhausted() -> None:
+    seen: list[tuple[int, str]] = []
+
+    def evaluate(c: tuple[int, str]) -> dict[str, float]:
+        seen.append(c)
+        return {"quality": c[0] + ord(c[1])}
+
+    result = nas.search(
+        _space_grid, evaluate, {"quality": "maximize"}, n_trials=20, sampler="auto", seed=1
+    )
+    assert len(seen) == len(set(seen)) == 9  # 3 x 3 candidates, each evaluated once
+    assert len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 9
+
+
+def _failing(**returns: object) -> object:
+    def evaluate(c: float) -> dict[str, object]:
+        return dict(returns)
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "match"),
+    [
+        (_failing(q=1.0), r"no value for objective\(s\) \['quality'\].*returned \['cost', 'q'\]"),
+        (_failing(quality=float("nan")), "'quality' is nan; return a finite number"),
+        (_failing(quality="high"), "'quality' is 'high' \\(str\\), not a number"),
+        (lambda c: [c], "must return a dict of metrics, got list"),
+    ],
+    ids=["missing-key", "nan", "string", "not-a-dict"],
+)
+def test_a_consistent_mistake_stops_the_search_after_three_failed_trials(
+    evaluate: object, match: str
+) -> None:
+    with pytest.raises(NasError, match=match) as info:
+        nas.search(space, evaluate, DIRS, static={"cost": lambda c: c}, n_trials=50)
+    assert "3 trials in a row failed" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_failing_candidate_is_recorded_and_the_search_goes_on() -> None:
+    def evaluate(c: float) -> dict[str, float]:
+        if c > 0.8:
+            raise RuntimeError("diverged")
+        return {"quality": c**0.5}
+
+    result = _search_with(evaluate, sampler="random", n_trials=15)
+    failed = result.study.get_trials(states=(TrialState.FAIL,))
+    assert failed, "x ~ U(0, 1) over 15+ trials must hit x > 0.8"
+    assert all(t.user_attrs["error"] == "RuntimeError: diverged" for t in failed)
+    assert len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 15
+
+
+def test_a_static_metric_that_raises_fails_the_trial_with_its_name() -> None:
+    def cost(c: float) -> float:
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(NasError, match="static metric 'cost' raised ZeroDivisionError"):
+        nas.search(space, Evaluate(), DIRS, static={"cost": cost}, n_trials=5, sampler="random")
+
+
+def _search_with(evaluate: object, **kwargs: object) -> SearchResult:
+    return nas.search(space, evaluate, DIRS, static={"cost": lambda c: c}, seed=0, **kwargs)
+
+
+def test_an_optuna_sampler_instance_is_used_as_it_is() -> None:
+    smp = optuna.samplers.RandomSampler(seed=3)
+    result = _search_with(Evaluate(), sampler=smp, n_trials=4)
+    assert result.study.sampler is smp

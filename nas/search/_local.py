@@ -23,7 +23,8 @@ import optuna
 from nas.errors import NasError
 from nas.search._problem import Problem
 from nas.search._progress import SearchProgress
-from nas.search._samplers import make_sampler
+from nas.search._proposal import CostAwareProposer
+from nas.search._samplers import make_proposer, make_sampler
 from nas.search._storage import load_study, open_storage
 from nas.search._worker import counts, recover_stale, run_loop
 
@@ -91,7 +92,12 @@ def _child(
             worker_index=index,
         )
         run_loop(
-            study, problem, n_trials=settings.n_trials, lock=run_dir / LOCK_FILE, deadline=deadline
+            study,
+            problem,
+            n_trials=settings.n_trials,
+            lock=run_dir / LOCK_FILE,
+            deadline=deadline,
+            proposer=_proposer(study, problem, settings, index),
         )
     except NasError as err:
         messages.put((index, str(err)))
@@ -102,6 +108,18 @@ def _child(
         traceback.print_exc()
         messages.put((index, f"worker {index} crashed: {type(err).__name__}: {err}"))
         sys.exit(1)
+
+
+def _proposer(
+    study: optuna.Study, problem: Problem, settings: SearchSettings, index: int
+) -> CostAwareProposer | None:
+    return make_proposer(
+        study.sampler,
+        directions=problem.directions,
+        constraints=problem.constraints,
+        n_trials=settings.n_trials,
+        seed=settings.seed + 1000 * index,
+    )
 
 
 def _front_size(study: optuna.Study, directions: dict[str, str]) -> int:
@@ -164,6 +182,7 @@ def optimize(
                     lock=lock,
                     deadline=deadline,
                     on_tell=show,
+                    proposer=_proposer(study, problem, settings, 0),
                 )
             except KeyboardInterrupt:
                 recover_stale(study, lock, own=True)

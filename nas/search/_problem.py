@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,14 @@ class Problem(Protocol):
 
     def static(self, candidate: Any) -> dict[str, float]: ...
 
-    def evaluate(self, candidate: Any, trial: optuna.Trial) -> dict[str, float]: ...
+    def evaluate(
+        self,
+        candidate: Any,
+        trial: optuna.Trial,
+        report: Callable[[float, Mapping[str, float]], None],
+    ) -> dict[str, float]:
+        """Train and measure; ``report(budget, metrics)`` feeds the multi-fidelity scheduler."""
+        ...
 
 
 def violations(constraints: Mapping[str, Bound], metrics: Mapping[str, float]) -> dict[str, float]:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import optuna
 
+from nas.config import Bound
 from nas.errors import NasError
+
+if TYPE_CHECKING:
+    from nas.search._proposal import CostAwareProposer
 
 SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "random", "gp")
 
@@ -20,12 +26,14 @@ def choose_sampler(name: str, *, n_objectives: int, n_trials: int, workers: int)
             return "nsga3", f"{n_trials} trials and {n_objectives} objectives: NSGA-III scales best"
         return "nsga2", f"{n_trials} trials: a genetic algorithm is cheapest per trial at that size"
     why = (
-        f"{n_trials} trials, {n_objectives} objective(s): multivariate TPE handles conditional "
-        f"(define-by-run) spaces and constraints"
+        f"{n_trials} trials, {n_objectives} objective(s): each trial trains the candidate, among "
+        f"many drawn, with the largest expected hypervolume gain given its static metrics "
+        f"(Gaussian-process surrogate); duplicates and static-constraint violations are not "
+        f"trained"
     )
     if workers > 1:
-        why += f"; constant liar for {workers} parallel workers"
-    return "tpe", why
+        why += f"; running trials count at their predicted values ({workers} parallel workers)"
+    return "cost-aware", why
 
 
 def make_sampler(
@@ -47,8 +55,12 @@ def make_sampler(
     )
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     s = optuna.samplers
-    if resolved == "tpe":
-        sampler: s.BaseSampler = s.TPESampler(
+    if resolved == "cost-aware":
+        from nas.search._proposal import ProposedSampler
+
+        sampler: s.BaseSampler = ProposedSampler(seed=seed)
+    elif resolved == "tpe":
+        sampler = s.TPESampler(
             seed=seed,
             multivariate=True,
             group=True,
@@ -64,3 +76,21 @@ def make_sampler(
     else:
         sampler = s.RandomSampler(seed=seed)
     return sampler, f"sampler {resolved} ({why})"
+
+
+def make_proposer(
+    sampler: optuna.samplers.BaseSampler,
+    *,
+    directions: Mapping[str, str],
+    constraints: Mapping[str, Bound],
+    n_trials: int,
+    seed: int | None,
+) -> CostAwareProposer | None:
+    """The cost-aware proposer that goes with ``sampler`` (None for Optuna's own samplers)."""
+    from nas.search._proposal import CostAwareProposer, ProposedSampler
+
+    if not isinstance(sampler, ProposedSampler):
+        return None
+    return CostAwareProposer(
+        directions, constraints, seed=seed, n_init=max(5, min(10, n_trials // 10))
+    )

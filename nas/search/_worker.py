@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import math
+import numbers
 import os
+import re
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from nas.config import Bound
 from nas.errors import NasError
+from nas.search._fidelity import MOASHA, Reporter, Stopped
 from nas.search._problem import Problem, Rejected, describe_violation, violations
+from nas.search._proposal import CostAwareProposer, ProposedSampler, params_key, read_history
 
-MAX_CONSECUTIVE_ERRORS = 3
+MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
+MAX_CONSECUTIVE_FAILURES = 10  # ... and so do this many failures of any kind
+log = logging.getLogger("nas.search")
 
 
 class TrialError(NasError):
@@ -94,15 +104,129 @@ class Counts:
     running: int
     rejected: int
     failed: int
+    stopped: int = 0  # stopped early by the multi-fidelity scheduler (counted as evaluations)
+
+
+def is_stopped(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TrialState.PRUNED and "stopped" in t.user_attrs
 
 
 def counts(study: optuna.Study) -> Counts:
     trials = study.get_trials(deepcopy=False)
     n = {s: 0 for s in TrialState}
+    stopped = 0
     for t in trials:
         n[t.state] += 1
+        stopped += is_stopped(t)
     return Counts(
-        n[TrialState.COMPLETE], n[TrialState.RUNNING], n[TrialState.PRUNED], n[TrialState.FAIL]
+        n[TrialState.COMPLETE],
+        n[TrialState.RUNNING],
+        n[TrialState.PRUNED] - stopped,
+        n[TrialState.FAIL],
+        stopped,
+    )
+
+
+class MetricError(NasError):
+    """A trial's metrics are unusable (missing, not a number, NaN): the trial fails."""
+
+
+def check_metrics(
+    metrics: Mapping[str, Any], objectives: Sequence[str], constraints: Mapping[str, Bound]
+) -> dict[str, float]:
+    """The metrics as floats; MetricError naming the first problem (and the fix)."""
+    missing = [n for n in objectives if n not in metrics]
+    if missing:
+        raise MetricError(
+            f"evaluate returned no value for objective(s) {missing} (it returned "
+            f"{sorted(metrics)}); return every objective named in directions"
+        )
+    missing = [n for n in constraints if n not in metrics]
+    if missing:
+        raise MetricError(
+            f"constraint(s) on {missing} name no metric the trial produced ({sorted(metrics)}); "
+            f"fix the constraint's name or return the metric"
+        )
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise MetricError(
+                f"metric {name!r} is {value!r} ({type(value).__name__}), not a number; "
+                f"return int or float values"
+            )
+        v = float(value)
+        if not math.isfinite(v) and (name in objectives or name in constraints):
+            raise MetricError(
+                f"metric {name!r} is {v}; return a finite number (raise an exception to fail "
+                f"a candidate on purpose)"
+            )
+        out[name] = v
+    return out
+
+
+def _signature(msg: str) -> str:
+    """An error message with its numbers masked: the same mistake on other trials matches."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", msg)
+
+
+@dataclass
+class _Failures:
+    """Consecutive failed trials; ``stop()`` says whether they show a consistent mistake."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, msg: str) -> None:
+        self.messages.append(msg)
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+    def consistent(self) -> bool:
+        last = self.messages[-MAX_CONSECUTIVE_ERRORS:]
+        if len(self.messages) >= MAX_CONSECUTIVE_FAILURES:
+            return True
+        return len(last) == MAX_CONSECUTIVE_ERRORS and len({_signature(m) for m in last}) == 1
+
+
+def _ask(
+    study: optuna.Study, problem: Problem, proposer: CostAwareProposer | None
+) -> tuple[optuna.Trial, Any, BaseException | None] | None:
+    """Under the lock: ask a trial and sample its candidate (chosen by ``proposer`` if any).
+
+    Returns None when the proposer finds the space exhausted (every candidate drawn was tried).
+    """
+    chosen = None
+    queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. a retry
+    if proposer is not None and not queued:
+        chosen = proposer.propose(read_history(study), problem.sample, problem.static)
+        st = proposer.stats
+        if chosen is None and st.drawn and st.duplicate == st.drawn:
+            return None
+    trial = study.ask()
+    trial.set_user_attr("worker", worker_identity())
+    sampler = study.sampler
+    if chosen is not None and isinstance(sampler, ProposedSampler):
+        sampler.chosen = chosen.params
+        trial.set_user_attr("proposal", proposer.stats.as_dict())  # type: ignore[union-attr]
+    try:
+        candidate = problem.sample(trial)
+    except BaseException as err:  # handled by the caller, outside the lock
+        return trial, None, err
+    finally:
+        if isinstance(sampler, ProposedSampler):
+            sampler.chosen = {}
+    if proposer is not None and chosen is None and not queued:
+        key = params_key(trial.params)
+        if _duplicate(study, trial, key):
+            return trial, None, Rejected("duplicate of a candidate already tried", {})
+    return trial, candidate, None
+
+
+def _duplicate(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
+    return any(
+        t.number != trial.number and t.params and params_key(t.params) == key
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING
     )
 
 
@@ -115,28 +239,39 @@ def run_loop(
     deadline: float | None = None,
     on_tell: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     max_rejected: int | None = None,
+    proposer: CostAwareProposer | None = None,
+    scheduler: MOASHA | None = None,
 ) -> None:
-    """Run trials until ``n_trials`` are COMPLETE in the study (all workers together)."""
+    """Run trials until ``n_trials`` evaluations are done in the study (all workers together).
+
+    An evaluation is a COMPLETE trial or one the multi-fidelity ``scheduler`` stopped early.
+    """
     names = list(problem.directions)
     max_rejected = max_rejected if max_rejected is not None else 20 * n_trials
-    errors: list[str] = []
-    ident = worker_identity()
+    failures = _Failures()
     while deadline is None or time.time() < deadline:
         with file_lock(lock):
             c = counts(study)
-            if c.complete + c.running >= n_trials or c.rejected >= max_rejected:
+            if c.complete + c.stopped + c.running >= n_trials or c.rejected >= max_rejected:
                 return
-            trial = study.ask()
-            trial.set_user_attr("worker", ident)
-        t0 = time.perf_counter()
+            t0 = time.perf_counter()
+            asked = _ask(study, problem, proposer)
+            if asked is None:
+                log.warning("every candidate drawn was already tried: the space looks exhausted")
+                return
+        trial, candidate, sample_error = asked
+        trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
+        report = Reporter(study, trial, problem.directions, scheduler)
         try:
-            candidate = problem.sample(trial)
-            trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
-            metrics = problem.static(candidate)
+            if sample_error is not None:
+                raise sample_error
+            metrics = dict(problem.static(candidate))
+            trial.set_user_attr("static", dict(metrics))  # a copy: metrics grows below
             reason = describe_violation(problem.constraints, metrics)
             if reason is not None:
                 raise Rejected(reason, metrics)
-            metrics.update(problem.evaluate(candidate, trial))
+            metrics.update(problem.evaluate(candidate, trial, report))
+            metrics = check_metrics(metrics, names, problem.constraints)
         except Rejected as rej:
             for name, value in violations(problem.constraints, rej.metrics).items():
                 trial.set_constraint(name, value)
@@ -144,37 +279,32 @@ def run_loop(
             trial.set_user_attr("rejected", rej.reason)
             trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
             frozen = study.tell(trial, state=TrialState.PRUNED)
+        except Stopped as stop:
+            last = report.curve[-1][1] if report.curve else {}
+            trial.set_user_attr("metrics", {**(trial.user_attrs.get("static") or {}), **last})
+            trial.set_user_attr("stopped", {"budget": stop.budget, "reason": stop.reason})
+            trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+            failures.clear()
+        except KeyboardInterrupt:
+            raise
         except Exception as err:
-            msg = f"{type(err).__name__}: {err}"
+            msg = str(err) if isinstance(err, NasError) else f"{type(err).__name__}: {err}"
             trial.set_user_attr("error", msg)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
-            errors.append(msg)
-            if len(errors) >= MAX_CONSECUTIVE_ERRORS:
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            failures.add(msg)
+            if failures.consistent():
                 raise TrialError(
-                    f"{len(errors)} trials in a row failed, last (trial "
-                    f"{trial.number}) with {msg}; fix the space or experiment "
-                    f"(tracebacks are in the study's trial attributes)"
+                    f"{len(failures.messages)} trials in a row failed, last (trial "
+                    f"{trial.number}) with: {msg}"
                 ) from None
-            continue
         else:
-            missing = [n for n in problem.constraints if n not in metrics]
-            if missing:
-                raise NasError(
-                    f"constraint(s) on {missing} name no metric the trial produced "
-                    f"({sorted(metrics)}); fix the constraint's name"
-                )
-            missing = [n for n in names if n not in metrics]
-            if missing:
-                raise NasError(
-                    f"evaluation returned no value for objective(s) {missing}; "
-                    f"return every objective in the metrics dict"
-                )
-            trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
+            trial.set_user_attr("metrics", metrics)
             for name, value in violations(problem.constraints, metrics).items():
                 trial.set_constraint(name, value)  # <= 0 is feasible; samplers read these
             trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
-            frozen = study.tell(trial, [float(metrics[n]) for n in names])
-            errors.clear()
+            frozen = study.tell(trial, [metrics[n] for n in names])
+            failures.clear()
         if on_tell is not None:
             on_tell(frozen)

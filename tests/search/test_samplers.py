@@ -37,12 +37,12 @@ def test_each_sampler_reaches_exact_trial_count(name: str) -> None:
 
 
 def test_auto_choice_depends_on_budget_and_objectives() -> None:
-    assert choose_sampler("auto", n_objectives=2, n_trials=50, workers=1)[0] == "tpe"
-    assert "constant liar" in choose_sampler("auto", n_objectives=2, n_trials=50, workers=4)[1]
+    assert choose_sampler("auto", n_objectives=2, n_trials=50, workers=1)[0] == "cost-aware"
+    assert "predicted values" in choose_sampler("auto", n_objectives=2, n_trials=50, workers=4)[1]
     assert choose_sampler("auto", n_objectives=2, n_trials=5000, workers=1)[0] == "nsga2"
     assert choose_sampler("auto", n_objectives=4, n_trials=5000, workers=1)[0] == "nsga3"
     _, why = make_sampler("auto", n_objectives=2, n_trials=50, workers=1, seed=0)
-    assert why.startswith("sampler tpe")
+    assert why.startswith("sampler cost-aware")
 
 
 def test_unknown_sampler_is_bad_input() -> None:

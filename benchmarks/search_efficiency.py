@@ -1,0 +1,403 @@
+"""Search efficiency: hypervolume reached per evaluation, on problems whose true front is known.
+
+Problems (objectives minimised unless said; "static" = known before the expensive evaluation):
+
+- ``zdt1``, ``zdt2`` (Zitzler, Deb & Thiele 2000) with 8 variables: f1 = x1 is static, f2 is the
+  expensive objective. Reference point (1.1, 1.1); the true front is sampled densely.
+- ``dtlz2`` (Deb et al. 2002), 3 objectives, 7 variables, none static (the surrogate-only case).
+  Reference (1.1, 1.1, 1.1); true hypervolume 1.1^3 - pi/6.
+- ``tabular``: every candidate of a real ``cnn`` sub-space trained once on mnist1d
+  (``benchmarks/tabular.py``, table in ``benchmarks/data/cnn_mnist1d.json``): maximise validation
+  accuracy, minimise MACs (static); the hypervolume is taken on (accuracy, log10 MACs) with the
+  reference at the table's worst values; the true front is the table's non-dominated set.
+
+Samplers: ``auto`` (nas's cost-aware proposal), Optuna's random, TPE, multivariate TPE and NSGA-II,
+each through the same ``nas.search`` loop. For every (problem, sampler) and seed: HV(evaluated,
+feasible, non-dominated) / HV(true front) after each evaluation. Multi-fidelity (``tabular`` only):
+``auto`` + MO-ASHA (eta 3, rungs at 1, 3, 9 epochs of 27... as the table allows) with the cost
+counted in full-training equivalents (epochs used / epochs of a full training).
+
+    python benchmarks/search_efficiency.py [--seeds 10] [--evals 200] [--jobs 2]
+
+Writes benchmarks/results/search_efficiency.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+CHECKPOINTS = (25, 50, 100, 200)
+SAMPLERS = ("auto", "random", "tpe", "mtpe", "nsga2")
+
+
+# ---------------------------------------------------------------------------------------------
+# problems
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    name: str
+    space: Callable[[Any], Any]
+    evaluate: Callable[..., dict[str, float]]
+    directions: dict[str, str]
+    static: dict[str, Callable[[Any], float]]
+    hv: Callable[[np.ndarray], float]  # metrics rows (in directions order) -> HV ratio
+    evaluate_mf: Callable[..., dict[str, float]] | None = None
+    full_budget: float = 1.0
+
+
+def _hv_ratio(
+    points: np.ndarray, ref: np.ndarray, true_hv: float, transform: Callable | None = None
+) -> float:
+    import moocore
+
+    if len(points) == 0:
+        return 0.0
+    y = transform(points) if transform else points
+    y = y[np.all(y < ref, axis=1)]
+    if not len(y):
+        return 0.0
+    return float(moocore.hypervolume(y, ref=ref)) / true_hv
+
+
+def _zdt(which: int, d: int = 8) -> Problem:
+    import moocore
+
+    def space(trial: Any) -> np.ndarray:
+        return np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(d)])
+
+    def h(f1: float, g: float) -> float:
+        return 1 - math.sqrt(f1 / g) if which == 1 else 1 - (f1 / g) ** 2
+
+    def evaluate(x: np.ndarray) -> dict[str, float]:
+        g = 1 + 9 * float(np.mean(x[1:]))
+        return {"f2": g * h(float(x[0]), g)}
+
+    f = np.linspace(0, 1, 5001)
+    true = np.c_[f, [h(v, 1.0) for v in f]]
+    ref = np.array([1.1, 1.1])
+    true_hv = float(moocore.hypervolume(true, ref=ref))
+    return Problem(
+        f"zdt{which}",
+        space,
+        evaluate,
+        {"f1": "minimize", "f2": "minimize"},
+        {"f1": lambda x: float(x[0])},
+        lambda pts: _hv_ratio(pts, ref, true_hv),
+    )
+
+
+def _dtlz2(m: int = 3, d: int = 7) -> Problem:
+    def space(trial: Any) -> np.ndarray:
+        return np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(d)])
+
+    def evaluate(x: np.ndarray) -> dict[str, float]:
+        g = float(np.sum((x[m - 1 :] - 0.5) ** 2))
+        out = {}
+        for i in range(m):
+            v = 1 + g
+            for j in range(m - 1 - i):
+                v *= math.cos(x[j] * math.pi / 2)
+            if i > 0:
+                v *= math.sin(x[m - 1 - i] * math.pi / 2)
+            out[f"f{i + 1}"] = v
+        return out
+
+    ref = np.full(m, 1.1)
+    true_hv = 1.1**3 - math.pi / 6
+    return Problem(
+        "dtlz2",
+        space,
+        evaluate,
+        {f"f{i + 1}": "minimize" for i in range(m)},
+        {},
+        lambda pts: _hv_ratio(pts, ref, true_hv),
+    )
+
+
+def _tabular() -> Problem:
+    import moocore
+
+    from benchmarks import tabular
+
+    table = tabular.load()
+    if not table.complete:
+        raise SystemExit(f"the table has {len(table)} of {table.num_configs} entries: finish it")
+    rows = table.entries
+    epochs = table.epochs
+
+    def space(trial: Any) -> str:
+        return tabular.space(trial)
+
+    def evaluate(k: str) -> dict[str, float]:
+        return {"accuracy": rows[k].curve[-1]}
+
+    def evaluate_mf(k: str, report: Callable[[float, dict[str, float]], None]) -> dict[str, float]:
+        for e, acc in enumerate(rows[k].curve, start=1):
+            report(e, {"accuracy": acc})
+        return {"accuracy": rows[k].curve[-1]}
+
+    def transform(pts: np.ndarray) -> np.ndarray:  # (accuracy, macs) -> minimised (-acc, log)
+        return np.c_[-pts[:, 0], np.log10(pts[:, 1])]
+
+    allp = np.array([[r.curve[-1], r.macs] for r in rows.values()])
+    y = transform(allp)
+    ref = y.max(0) + 0.01 * (y.max(0) - y.min(0))
+    true = y[moocore.is_nondominated(y)]
+    true_hv = float(moocore.hypervolume(true, ref=ref))
+    return Problem(
+        "tabular",
+        space,
+        evaluate,
+        {"accuracy": "maximize", "macs": "minimize"},
+        {"macs": lambda k: float(rows[k].macs)},
+        lambda pts: _hv_ratio(pts, ref, true_hv, transform),
+        evaluate_mf=evaluate_mf,
+        full_budget=float(epochs),
+    )
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "zdt1": lambda: _zdt(1),
+    "zdt2": lambda: _zdt(2),
+    "dtlz2": _dtlz2,
+    "tabular": _tabular,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# one search
+# ---------------------------------------------------------------------------------------------
+
+
+def _sampler(name: str, seed: int, evals: int) -> Any:
+    import optuna
+
+    s = optuna.samplers
+    if name == "auto":
+        return "auto"
+    if name == "random":
+        return s.RandomSampler(seed=seed)
+    if name == "tpe":
+        return s.TPESampler(seed=seed)
+    if name == "mtpe":
+        return s.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "nsga2":
+        return s.NSGAIISampler(seed=seed, population_size=20)
+    raise ValueError(name)
+
+
+def run_one(problem_name: str, sampler: str, seed: int, evals: int, mf: bool) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState
+
+    import nas
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    problem = PROBLEMS[problem_name]()
+    evaluate = problem.evaluate_mf if mf else problem.evaluate
+    assert evaluate is not None
+    t0 = time.perf_counter()
+    result = nas.search(
+        problem.space,
+        evaluate,
+        problem.directions,
+        static=problem.static,
+        n_trials=evals,
+        sampler=_sampler(sampler, seed, evals),
+        seed=seed,
+    )
+    seconds = time.perf_counter() - t0
+    names = list(problem.directions)
+    hv, cost, points = [], [], []
+    spent = 0.0
+    for t in sorted(result.study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE:
+            points.append([t.user_attrs["metrics"][n] for n in names])
+            used = problem.full_budget if mf else 1.0
+        elif t.state == TrialState.PRUNED and "stopped" in t.user_attrs:
+            used = t.user_attrs["curve"][-1][0]
+        else:
+            continue
+        spent += used / problem.full_budget if mf else 1.0
+        hv.append(problem.hv(np.array(points)) if points else 0.0)
+        cost.append(spent)
+    return {
+        "problem": problem_name,
+        "sampler": sampler + ("+mo-asha" if mf else ""),
+        "seed": seed,
+        "hv": hv,
+        "cost": cost,
+        "seconds": seconds,
+    }
+
+
+def _job(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------
+
+
+def at(run: dict[str, Any], budget: float) -> float:
+    """HV ratio once ``budget`` cost (evaluations or full-training equivalents) is spent."""
+    best = 0.0
+    for h, c in zip(run["hv"], run["cost"], strict=True):
+        if c > budget + 1e-9:
+            break
+        best = h
+    return best
+
+
+def to_reach(run: dict[str, Any], target: float) -> float:
+    for h, c in zip(run["hv"], run["cost"], strict=True):
+        if h >= target:
+            return c
+    return math.inf
+
+
+def summarise(runs: list[dict[str, Any]], evals: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in runs:
+        out.setdefault(r["problem"], {}).setdefault(r["sampler"], []).append(r)
+    table: dict[str, Any] = {}
+    for prob, by in out.items():
+        table[prob] = {}
+        for smp, rs in by.items():
+            row: dict[str, Any] = {}
+            for b in [c for c in CHECKPOINTS if c <= evals]:
+                vals = np.array([at(r, b) for r in rs])
+                row[str(b)] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            reach = np.array([to_reach(r, 0.9) for r in rs])
+            row["to_90"] = {
+                "median": float(np.median(reach)),
+                "reached": int(np.isfinite(reach).sum()),
+                "runs": len(rs),
+            }
+            row["seconds_per_run"] = float(np.mean([r["seconds"] for r in rs]))
+            table[prob][smp] = row
+    return table
+
+
+def markdown(table: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Search efficiency",
+        "",
+        f"`python benchmarks/search_efficiency.py --seeds {meta['seeds']} --evals {meta['evals']}`"
+        f" on {meta['machine']}, {meta['date']}. HV ratio = hypervolume of the evaluated set / "
+        "hypervolume of the true front; mean ± std over seeds. *to 90 %*: median evaluations "
+        "(for MO-ASHA: full-training equivalents) to reach 90 % of the true hypervolume, with how "
+        "many runs reached it within the budget (inf = not reached).",
+        "",
+    ]
+    for prob, rows in table.items():
+        checks = [k for k in next(iter(rows.values())) if k.isdigit()]
+        lines += [f"## {prob}", ""]
+        lines.append(
+            "| sampler | " + " | ".join(f"HV@{c}" for c in checks) + " | to 90 % | s/run |"
+        )
+        lines.append("|---" * (len(checks) + 3) + "|")
+        for smp, row in rows.items():
+            cells = [f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in checks]
+            r = row["to_90"]
+            reach = f"{r['median']:g} ({r['reached']}/{r['runs']})"
+            lines.append(
+                f"| {smp} | " + " | ".join(cells) + f" | {reach} | {row['seconds_per_run']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path, evals: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = sorted({r["problem"] for r in runs}, key=list(PROBLEMS).index)
+    fig, axes = plt.subplots(1, len(probs), figsize=(4.2 * len(probs), 3.6), squeeze=False)
+    grid = np.arange(1, evals + 1)
+    for ax, prob in zip(axes[0], probs, strict=True):
+        smps = sorted({r["sampler"] for r in runs if r["problem"] == prob})
+        for smp in smps:
+            rs = [r for r in runs if r["problem"] == prob and r["sampler"] == smp]
+            curves = np.array([[at(r, b) for b in grid] for r in rs])
+            m, s = curves.mean(0), curves.std(0)
+            (line,) = ax.plot(grid, m, label=smp, lw=2 if smp.startswith("auto") else 1)
+            ax.fill_between(grid, m - s, m + s, color=line.get_color(), alpha=0.12)
+        ax.set_title(prob)
+        ax.set_xlabel("evaluations (full-training equivalents)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("HV / true HV")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--evals", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--problems", nargs="+", default=list(PROBLEMS))
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    ap.add_argument("--no-mf", action="store_true", help="skip the multi-fidelity runs")
+    ap.add_argument("--out", type=Path, default=RESULTS / "search_efficiency")
+    args = ap.parse_args()
+    jobs = [
+        (p, s, seed, args.evals, False)
+        for p in args.problems
+        for s in args.samplers
+        for seed in range(args.seeds)
+    ]
+    if "tabular" in args.problems and not args.no_mf:
+        # MO-ASHA: more trials started for the same training cost
+        jobs += [("tabular", "auto", seed, 3 * args.evals, True) for seed in range(args.seeds)]
+    jobs.sort(key=lambda j: (j[1] != "auto", -j[3]))  # the long ones first
+    t0 = time.time()
+    runs = []
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=4) as pool:
+        for i, r in enumerate(pool.imap_unordered(_job, jobs), 1):
+            runs.append(r)
+            print(
+                f"[{i}/{len(jobs)}] {r['problem']} {r['sampler']} seed {r['seed']}: "
+                f"HV ratio {r['hv'][-1]:.3f} in {r['seconds']:.1f}s ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
+    table = summarise(runs, args.evals)
+    meta = {
+        "seeds": args.seeds,
+        "evals": args.evals,
+        "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": table, "runs": runs}, indent=1)
+    )
+    args.out.with_suffix(".md").write_text(markdown(table, meta))
+    plot(runs, args.out.with_suffix(".png"), args.evals)
+    print(markdown(table, meta))
+
+
+if __name__ == "__main__":
+    main()
