@@ -420,7 +420,8 @@ class CostAwareProposer:
         constraints: hard bounds; a static metric that breaks one rejects the candidate untrained.
         n_init: complete trials before the surrogate takes over (space-filling until then).
         max_proposals: candidates drawn per trial (fewer if ``time_budget`` runs out first).
-        time_budget: seconds per proposal round, after at least ``min_proposals``.
+        time_budget: seconds per proposal round, after at least ``min_proposals`` (static
+            metrics that take long, e.g. a big model's FLOPs count, make rounds smaller).
         mc_samples: Monte Carlo draws of the surrogate per candidate.
         refine_rounds: rounds of small mutations of the best-scored candidates, scored too.
     """
@@ -547,6 +548,8 @@ class CostAwareProposer:
             # refine: a few rounds of small mutations of the best so far, scored too
             for _ in range(self.refine_rounds):
                 top = [props[i].params for i in np.argsort(-scores)[:4]]
+                if time.perf_counter() > deadline:
+                    break
                 more = self._draw(
                     history, sample, static, seen, n=self.max_proposals // 2, parents=top,
                     random_share=0.0, deadline=deadline, scales=(0.02, 0.1, 0.3),

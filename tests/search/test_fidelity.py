@@ -61,19 +61,15 @@ def _curve_evaluate(calls: list[int]) -> Callable[..., dict[str, float]]:
     return evaluate
 
 
+def _search(calls: list[int], **kwargs: object) -> nas.api.SearchResult:
+    evaluate = _curve_evaluate(calls)
+    return nas.search(_space, evaluate, DIRS, static={"cost": lambda x: x}, seed=0, **kwargs)
+
+
 @pytest.mark.parametrize("sampler", ["random", "auto"])
 def test_mo_asha_stops_candidates_early_and_keeps_them_off_the_front(sampler: str) -> None:
     calls: list[int] = []
-    result = nas.search(
-        _space,
-        _curve_evaluate(calls),
-        DIRS,
-        static={"cost": lambda x: x},
-        n_trials=30,
-        sampler=sampler,
-        seed=0,
-        fidelity={"eta": 3, "max_budget": 9},
-    )
+    result = _search(calls, n_trials=30, sampler=sampler, fidelity={"eta": 3, "max_budget": 9})
     trials = result.study.get_trials()
     stopped = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -91,15 +87,7 @@ def test_mo_asha_stops_candidates_early_and_keeps_them_off_the_front(sampler: st
 
 def test_reports_without_a_scheduler_only_record_the_curve() -> None:
     calls: list[int] = []
-    result = nas.search(
-        _space,
-        _curve_evaluate(calls),
-        DIRS,
-        static={"cost": lambda x: x},
-        n_trials=6,
-        sampler="random",
-        fidelity=False,
-    )
+    result = _search(calls, n_trials=6, sampler="random", fidelity=False)
     assert len(calls) == 6 * 9
     assert all(len(t.user_attrs["curve"]) == 9 for t in result.study.trials)
 
