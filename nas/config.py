@@ -76,6 +76,13 @@ class Bound(_Strict):
         return self
 
 
+class FidelityConfig(_Strict):
+    """MO-ASHA on training epochs: rungs at ``min_epochs * eta**k`` stop the hopeless early."""
+
+    eta: float = Field(3.0, gt=1)
+    min_epochs: float | None = Field(None, gt=0)  # default: the training budget / eta**2
+
+
 class SearchConfig(_Strict):
     trials: int = Field(20, gt=0)
     workers: int = Field(1, ge=1)
@@ -84,6 +91,7 @@ class SearchConfig(_Strict):
     storage: str | None = None
     timeout: float | None = Field(None, gt=0)
     threads_per_worker: int | None = Field(None, ge=1)
+    fidelity: FidelityConfig | None = None
 
 
 class ExportConfig(_Strict):

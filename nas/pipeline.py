@@ -7,6 +7,7 @@ exported. Cheap metrics come first so that a hard constraint rejects a candidate
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -23,9 +24,10 @@ from nas.compress import Context, Settings, Technique, parse_compression
 from nas.config import Bound, Experiment, TrainConfig
 from nas.data import Split, Splits, load_data
 from nas.errors import NasError
+from nas.search._fidelity import MOASHA
 from nas.search._problem import Rejected
 from nas.space import Space, build_model, resolve_space
-from nas.train import evaluate, seed_everything, train
+from nas.train import evaluate, seed_everything, total_steps, train
 from objectives import OBJECTIVES, MeasureContext, Objective
 
 WEIGHTS_DIR = "weights"
@@ -173,6 +175,38 @@ class ExperimentProblem:
             model = step.technique.estimate(model, step.knobs, ctx)
         return self.measure(as_deployed(model, candidate.describe()), trained=False, split=None)
 
+    def epochs(self) -> float:
+        """The training budget in epochs (``train.steps`` converted when given)."""
+        cfg = self.exp.train
+        per_epoch = math.ceil(len(self.data.train) / cfg.batch_size)
+        return total_steps(cfg, len(self.data.train)) / per_epoch
+
+    @property
+    def scheduler(self) -> MOASHA | None:
+        """MO-ASHA on epochs when the experiment asks for it (``search.fidelity``)."""
+        f = self.exp.search.fidelity
+        if f is None:
+            return None
+        total = self.epochs()
+        return MOASHA(min_budget=f.min_epochs or total / f.eta**2, eta=f.eta, max_budget=total)
+
+    def _rung_reports(
+        self, model: nn.Module, report: Callable[[float, Mapping[str, float]], None]
+    ) -> Callable[[int, int], None] | None:
+        """An ``on_step`` for training that reports validation accuracy at each rung."""
+        scheduler = self.scheduler
+        if scheduler is None or "accuracy" not in self.directions:
+            return None
+        per_epoch = math.ceil(len(self.data.train) / self.exp.train.batch_size)
+        total = self.epochs()
+        rungs = {max(1, math.ceil(r * per_epoch)): r for r in scheduler.rungs_between(0, 0, total)}
+
+        def on_step(step: int, steps: int) -> None:
+            if step in rungs:
+                report(rungs[step], {"accuracy": evaluate(model, self.data.val)})
+
+        return on_step
+
     def evaluate(
         self,
         candidate: Candidate,
@@ -183,8 +217,9 @@ class ExperimentProblem:
         seed_everything(seed)
         model, plan, cfg = candidate.model, candidate.plan, self.exp.train
         hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
+        on_step = self._rung_reports(model, report) if report is not None else None
         t0 = time.perf_counter()
-        stats = train(model, self.data.train, cfg, seed=seed, loss_hooks=hooks)
+        stats = train(model, self.data.train, cfg, seed=seed, loss_hooks=hooks, on_step=on_step)
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_steps", stats["steps"])
         if plan:

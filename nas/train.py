@@ -63,8 +63,13 @@ def train(
     *,
     seed: int = 0,
     loss_hooks: Sequence[LossHook] = (),
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place; return ``{"steps", "final_loss"}``."""
+    """Train ``model`` in place; return ``{"steps", "final_loss"}``.
+
+    ``on_step(step, steps)`` runs after every optimizer step (it may evaluate the model, or raise
+    to stop training, e.g. :class:`nas.search.Stopped`).
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     steps = total_steps(cfg, len(data))
@@ -88,6 +93,9 @@ def train(
             sched.step()
             running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
             step += 1
+            if on_step is not None:
+                on_step(step, steps)
+                model.train()
             if step >= steps:
                 break
     model.eval()

@@ -98,6 +98,7 @@ def _child(
             lock=run_dir / LOCK_FILE,
             deadline=deadline,
             proposer=_proposer(study, problem, settings, index),
+            scheduler=getattr(problem, "scheduler", None),
         )
     except NasError as err:
         messages.put((index, str(err)))
@@ -148,12 +149,12 @@ def optimize(
     lock = run_dir / LOCK_FILE
     deadline = time.time() + settings.timeout if settings.timeout else None
     c = counts(study)
-    with SearchProgress(settings.n_trials, c.complete, enabled=progress) as bar:
+    with SearchProgress(settings.n_trials, c.complete + c.stopped, enabled=progress) as bar:
         bar.log(f"[search] {why}; {settings.workers} worker(s) x {settings.threads()} thread(s)")
-        if c.complete:
+        if c.complete or c.stopped:
             bar.log(
-                f"[search] resuming: {c.complete} trial(s) complete, {c.failed} failed, "
-                f"{c.rejected} rejected"
+                f"[search] resuming: {c.complete} trial(s) complete, {c.stopped} stopped early, "
+                f"{c.failed} failed, {c.rejected} rejected"
             )
         retried = recover_stale(study, lock)
         if retried:
@@ -165,11 +166,12 @@ def optimize(
         def show(_: object = None) -> None:
             k = counts(study)
             bar.update(
-                k.complete,
+                k.complete + k.stopped,
                 front=_front_size(study, directions),
                 running=k.running,
                 failed=k.failed,
                 rejected=k.rejected,
+                stopped=k.stopped,
             )
 
         if settings.workers == 1:
@@ -183,6 +185,7 @@ def optimize(
                     deadline=deadline,
                     on_tell=show,
                     proposer=_proposer(study, problem, settings, 0),
+                    scheduler=getattr(problem, "scheduler", None),
                 )
             except KeyboardInterrupt:
                 recover_stale(study, lock, own=True)

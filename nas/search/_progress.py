@@ -57,11 +57,14 @@ class SearchProgress:
         running: int = 0,
         failed: int = 0,
         rejected: int = 0,
+        stopped: int = 0,
         last: str = "",
     ) -> None:
         changed = done != self.done
         self.done = done
         info = f"front {front} | running {running}"
+        if stopped:
+            info += f" | stopped early {stopped}"
         if rejected:
             info += f" | rejected {rejected}"
         if failed:

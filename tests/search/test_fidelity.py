@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 import nas
@@ -14,6 +16,8 @@ from nas.search import MOASHA
 from nas.search._fidelity import rank_position
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+QUICK = Path(__file__).resolve().parents[2] / "experiments" / "digits_quick.yaml"
 
 DIRS = {"quality": "maximize", "cost": "minimize"}
 
@@ -100,3 +104,25 @@ def test_budgets_that_do_not_increase_fail_the_trial_with_a_reason() -> None:
 
     with pytest.raises(NasError, match="budgets must increase, got 1 after 2"):
         nas.search(_space, evaluate, DIRS, static={"cost": lambda x: x}, n_trials=5)
+
+
+def test_an_experiment_with_search_fidelity_stops_trainings_early(tmp_path: Path) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["train"]["epochs"] = 4
+    exp["search"].update(trials=12, workers=1, fidelity={"eta": 2})  # rungs at 1 and 2 epochs
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run = nas.run(str(path), out=tmp_path / "run", progress=False)
+    trials = run.study().get_trials()
+    stopped = [t for t in trials if "stopped" in t.user_attrs]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(stopped) + len(complete) == 12
+    assert stopped, "MO-ASHA at rungs 1 and 2 epochs must stop some of 12 candidates"
+    for t in stopped:
+        assert t.state == TrialState.PRUNED
+        budgets = [b for b, _ in t.user_attrs["curve"]]
+        assert budgets == [1.0, 2.0][: len(budgets)]
+        assert "train_steps" not in t.user_attrs  # training stopped before it finished
+    for t in complete:
+        assert [b for b, _ in t.user_attrs["curve"]] == [1.0, 2.0]
+    assert {p.number for p in run.front().points} <= {t.number for t in complete}
