@@ -34,7 +34,8 @@ def load(run_dir: str) -> Run:
 
 
 def search(*args: Any, **kwargs: Any) -> Any:
-    """Search over anything: ``space(trial) -> candidate``, ``evaluate(candidate) -> metrics``.
+    """Search over anything: ``space(trial) -> candidate``, ``evaluate(candidate) -> metrics``
+    (or ``evaluate(candidate, report)`` for multi-fidelity).
 
     See :func:`nas.api.search` for the arguments. (The drivers live in the package
     ``nas.search``; this function shadows it as an attribute of ``nas``.)
