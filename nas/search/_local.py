@@ -30,6 +30,7 @@ from nas.search._worker import counts, recover_stale, run_loop
 
 LOCK_FILE = ".ask.lock"
 MAX_RESTARTS = 3
+PROPOSAL_SECONDS = 2.0  # at most per trial for auto's proposal round (under the ask lock)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def _proposer(
         constraints=problem.constraints,
         n_trials=settings.n_trials,
         seed=settings.seed + 1000 * index,
+        time_budget=PROPOSAL_SECONDS,  # a model's static metrics take milliseconds each
     )
 
 

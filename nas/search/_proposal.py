@@ -420,7 +420,8 @@ class CostAwareProposer:
         constraints: hard bounds; a static metric that breaks one rejects the candidate untrained.
         n_init: complete trials before the surrogate takes over (space-filling until then).
         max_proposals: candidates drawn per trial (fewer if ``time_budget`` runs out first).
-        time_budget: seconds per proposal round, after at least ``min_proposals`` (static
+        time_budget: seconds per proposal round, after at least ``min_proposals``; None (the
+            default) draws them all, so a seeded search is reproducible on any machine (static
             metrics that take long, e.g. a big model's FLOPs count, make rounds smaller).
         mc_samples: Monte Carlo draws of the surrogate per candidate.
         refine_rounds: rounds of small mutations of the best-scored candidates, scored too.
@@ -432,7 +433,7 @@ class CostAwareProposer:
     n_init: int = 8
     max_proposals: int = 64
     min_proposals: int = 8
-    time_budget: float = 2.0
+    time_budget: float | None = None
     mc_samples: int = 32
     refine_rounds: int = 5
     rng: np.random.Generator = field(init=False)
@@ -527,7 +528,7 @@ class CostAwareProposer:
         """
         self.stats = st = ProposalStats()
         t0 = time.perf_counter()
-        deadline = t0 + self.time_budget
+        deadline = t0 + self.time_budget if self.time_budget is not None else math.inf
         seen = set(history.seen)
         warm = len(history.complete) >= self.n_init
         parents = self._parents(history) if warm else []

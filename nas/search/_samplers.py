@@ -85,12 +85,20 @@ def make_proposer(
     constraints: Mapping[str, Bound],
     n_trials: int,
     seed: int | None,
+    time_budget: float | None = None,
 ) -> CostAwareProposer | None:
-    """The cost-aware proposer that goes with ``sampler`` (None for Optuna's own samplers)."""
+    """The cost-aware proposer that goes with ``sampler`` (None for Optuna's own samplers).
+
+    ``time_budget`` caps the seconds of one proposal round (None: reproducible, no cap).
+    """
     from nas.search._proposal import CostAwareProposer, ProposedSampler
 
     if not isinstance(sampler, ProposedSampler):
         return None
     return CostAwareProposer(
-        directions, constraints, seed=seed, n_init=max(5, min(10, n_trials // 10))
+        directions,
+        constraints,
+        seed=seed,
+        n_init=max(5, min(10, n_trials // 10)),
+        time_budget=time_budget,
     )
