@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 EXPERIMENT = {
     "name": "overhead",
     "data": {"name": "digits"},
-    "space": {"name": "mlp", "args": {"max_depth": 2, "widths": [8, 16, 32]}},
+    "space": {"name": "mlp", "args": {"max_depth": 3, "widths": [8, 16, 24, 32, 48, 64]}},
     "train": {"steps": 1, "batch_size": 32},
     "objectives": {"accuracy": "maximize", "params": "minimize"},
 }

@@ -195,7 +195,29 @@ def optimize(
         else:
             _run_workers(factory, settings, run_dir, deadline, study, bar, show)
         show()
+        why = shortfall(study, settings.n_trials, deadline)
+        if why:
+            bar.log(f"[search] {why}")
     return study
+
+
+def shortfall(study: optuna.Study, n_trials: int, deadline: float | None) -> str | None:
+    """Why a search ended before ``n_trials`` evaluations (None if it did not)."""
+    c = counts(study)
+    done = c.complete + c.stopped
+    if done >= n_trials:
+        return None
+    if deadline is not None and time.time() >= deadline:
+        return f"timeout after {done} of {n_trials} evaluations; re-run the command to go on"
+    if c.rejected >= 20 * n_trials:
+        return (
+            f"stopped after {c.rejected} candidates broke a hard constraint on a static metric "
+            f"({done} of {n_trials} evaluations); loosen the constraint or narrow the space"
+        )
+    return (
+        f"stopped at {done} of {n_trials} evaluations: every candidate drawn was already tried "
+        f"(the space looks exhausted; widen it or ask for fewer trials)"
+    )
 
 
 def _run_workers(

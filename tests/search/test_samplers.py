@@ -48,3 +48,23 @@ def test_auto_choice_depends_on_budget_and_objectives() -> None:
 def test_unknown_sampler_is_bad_input() -> None:
     with pytest.raises(nas.NasError, match="choose one of"):
         make_sampler("cmaes", n_objectives=2, n_trials=5, workers=1, seed=0)
+
+
+def test_an_exhausted_space_ends_the_run_with_a_reason(tmp_path, capsys) -> None:
+    import yaml
+
+    exp = {
+        "name": "tiny",
+        "data": {"name": "digits"},
+        "space": {"name": "mlp", "args": {"max_depth": 1, "widths": [8, 16]}},
+        "train": {"steps": 1},
+        "objectives": {"accuracy": "maximize", "params": "minimize"},
+        "search": {"trials": 5},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run = nas.run(str(path), out=tmp_path / "run", progress=True)
+    assert len(run.study().get_trials()) == 2  # two candidates exist: each trained once
+    assert "stopped at 2 of 5 evaluations: every candidate drawn was already tried" in (
+        capsys.readouterr().err
+    )
