@@ -198,10 +198,15 @@ def _ask(
     chosen = None
     queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. a retry
     if proposer is not None and not queued:
-        chosen = proposer.propose(read_history(study), problem.sample, problem.static)
-        st = proposer.stats
-        if chosen is None and st.drawn and st.duplicate == st.drawn:
-            return None
+        try:
+            chosen = proposer.propose(read_history(study), problem.sample, problem.static)
+        except Exception as err:  # the surrogate failed (e.g. degenerate data): sample at random
+            log.warning("auto: proposal round failed (%s: %s); this trial samples at random",
+                        type(err).__name__, err)  # fmt: skip
+        else:
+            st = proposer.stats
+            if chosen is None and st.drawn and st.duplicate == st.drawn:
+                return None
     trial = study.ask()
     trial.set_user_attr("worker", worker_identity())
     sampler = study.sampler

@@ -115,3 +115,22 @@ def test_auto_reaches_a_better_front_than_random_on_zdt1() -> None:
     modes = {t.user_attrs["proposal"]["mode"] for t in trials}
     assert {"random", "ehvi"} <= modes
     assert all(t.user_attrs["static"] == {"f1": t.params["x0"]} for t in trials)
+
+
+def test_a_failing_proposal_round_falls_back_to_random_sampling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nas.search._proposal import CostAwareProposer
+
+    def broken(self: object, *args: object) -> None:
+        raise np.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(CostAwareProposer, "propose", broken)
+    result = nas.search(
+        _zdt1,
+        _zdt1_f2,
+        {"f1": "minimize", "f2": "minimize"},
+        static={"f1": lambda x: float(x[0])},
+        n_trials=5,
+    )
+    assert len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 5
