@@ -1,4 +1,4 @@
-"""The ``nas`` command: run | front | export | spaces | objectives | techniques.
+"""The ``nas`` command: run | worker | front | export | spaces | objectives | techniques.
 
 Bad input prints one line (``error: <what is wrong>; <the fix>``) to stderr and exits with 2.
 """
@@ -77,6 +77,18 @@ def run(
     if do_export:
         dirs = rf.export(progress=not quiet)
         click.echo(f"exported {len(dirs)} model(s) to {dirs[0].parent if dirs else '-'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--workers", type=int, help="Worker processes here (default: search.workers).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def worker(run_dir: Path, workers: int | None, quiet: bool) -> None:
+    """Add this host's workers to RUN_DIR's search (its study in a shared database)."""
+    from nas.runs import join
+
+    r = join(run_dir, workers=workers, progress=not quiet)
+    click.echo(f"run folder: {r.dir}: the search has its trials")
 
 
 @cli.command()

@@ -91,6 +91,7 @@ class SearchConfig(_Strict):
     storage: str | None = None
     timeout: float | None = Field(None, gt=0)
     threads_per_worker: int | None = Field(None, ge=1)
+    heartbeat_seconds: int = Field(10, ge=1)  # database storages: a trial silent 3x this is lost
     fidelity: FidelityConfig | None = None
 
 

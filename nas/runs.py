@@ -26,7 +26,7 @@ from nas.search._worker import counts
 
 EXPERIMENT_FILE = "experiment.yaml"
 # keys that may change between invocations of the same run (they do not change its results)
-_RESUMABLE = {"trials", "workers", "timeout", "threads_per_worker"}
+_RESUMABLE = {"trials", "workers", "timeout", "threads_per_worker", "heartbeat_seconds"}
 
 
 def problem_from_run_dir(run_dir: Path) -> ExperimentProblem:
@@ -200,6 +200,25 @@ def run(
         storage=storage,
         timeout=timeout,
     )
+    return _search(r, progress=progress)
+
+
+def join(run_dir: str | Path, *, workers: int | None = None, progress: bool = True) -> Run:
+    """Add workers (on this host) to the search of an existing run folder; return the run.
+
+    The run's study must be in storage every host reaches (``search.storage``, e.g.
+    ``postgresql://...``) and the run folder on shared storage (trials save weights there).
+    """
+    r = Run.open(run_dir)
+    if workers is not None:
+        if workers < 1:
+            raise NasError(f"--workers must be >= 1, got {workers}")
+        search = r.exp.search.model_copy(update={"workers": workers})
+        r.exp = r.exp.model_copy(update={"search": search})
+    return _search(r, progress=progress)
+
+
+def _search(r: Run, *, progress: bool) -> Run:
     s = r.exp.search
     settings = SearchSettings(
         n_trials=s.trials,
@@ -209,6 +228,7 @@ def run(
         storage=s.storage,
         timeout=s.timeout,
         threads_per_worker=s.threads_per_worker,
+        heartbeat_seconds=s.heartbeat_seconds,
     )
     problem = ExperimentProblem(r.exp, r.dir, r.splits)
     optimize(

@@ -40,3 +40,15 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
              "'apt-get install dataset-fashion-mnist' (tests that need it are skipped)" >&2
     fi
 fi
+
+# PostgreSQL server: studies shared by workers on several hosts (the tests start a private one)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[setup] installing the Debian package postgresql"
+        (apt-get install -y -q postgresql >/dev/null 2>&1) || {
+            apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+    else
+        echo "[setup] note: PostgreSQL is missing; as root run 'apt-get install postgresql'" \
+             "(the shared-study tests are skipped)" >&2
+    fi
+fi

@@ -42,6 +42,7 @@ class SearchSettings:
     storage: str | None = None
     timeout: float | None = None
     threads_per_worker: int | None = None
+    heartbeat_seconds: int = 10
 
     def threads(self) -> int:
         return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
@@ -70,7 +71,7 @@ def open_study(
         workers=settings.workers,
         seed=settings.seed + 1000 * worker_index,
     )
-    storage = open_storage(settings.storage, run_dir)
+    storage = open_storage(settings.storage, run_dir, heartbeat=settings.heartbeat_seconds)
     return load_study(storage, directions, sampler), why
 
 
@@ -207,6 +208,8 @@ def shortfall(study: optuna.Study, n_trials: int, deadline: float | None) -> str
     done = c.complete + c.stopped
     if done >= n_trials:
         return None
+    if done + c.running >= n_trials:
+        return f"{c.running} trial(s) still running on other workers finish the search"
     if deadline is not None and time.time() >= deadline:
         return f"timeout after {done} of {n_trials} evaluations; re-run the command to go on"
     if c.rejected >= 20 * n_trials:

@@ -39,8 +39,24 @@ def check_url(url: str | None) -> None:
         ) from None
 
 
-def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
-    """``None`` -> ``RUN_DIR/study.journal`` (safe for concurrent worker processes)."""
+def retry_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Heartbeat callback: a trial whose worker went silent was failed; queue its params again.
+
+    (The failed trial cannot take attributes any more: the retry records why it exists.)
+    """
+    attrs = {"retry_of": trial.number, "retry_reason": "worker lost (no heartbeat)"}
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def open_storage(
+    url: str | None, run_dir: Path, *, heartbeat: int | None = None
+) -> optuna.storages.BaseStorage:
+    """``None`` -> ``RUN_DIR/study.journal`` (safe for concurrent worker processes).
+
+    A database URL gets Optuna's heartbeat when ``heartbeat`` (seconds) is given: every running
+    trial records one that often, and a trial silent for 3 x that long (its worker died, on any
+    host) is failed by the next worker that asks for a trial and its params are queued again.
+    """
     check_url(url)
     if url is None or url.startswith("journal:"):
         path = run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:"))
@@ -50,7 +66,15 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=retry_lost_trial,
+        )
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if url in reason:

@@ -17,6 +17,7 @@ import re
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from nas.search._proposal import CostAwareProposer, ProposedSampler, params_key,
 
 MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
 MAX_CONSECUTIVE_FAILURES = 10  # ... and so do this many failures of any kind
+ADVISORY_LOCK_KEY = 0x6E6173_0000  # "nas" + the study id: one PostgreSQL advisory lock per study
 log = logging.getLogger("nas.search")
 
 
@@ -50,6 +52,43 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def ask_lock(study: optuna.Study, path: Path) -> Iterator[None]:
+    """The lock around "count + ask": a PostgreSQL advisory lock when the study lives in
+    PostgreSQL (workers on every host share it), else a file lock (one host)."""
+    storage = study._storage
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        with file_lock(path):
+            yield
+        return
+    from sqlalchemy import text
+
+    key = ADVISORY_LOCK_KEY + study._study_id
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and queue again, see ``retry_lost_trial``) trials whose heartbeat stopped."""
+    from optuna.storages import fail_stale_trials
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def heartbeat_thread(trial_id: int, storage: optuna.storages.BaseStorage) -> Any:
+    """A thread recording the trial's heartbeat while it runs (a no-op without heartbeat)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial_id, storage)
 
 
 def _proc_start(pid: int) -> str | None:
@@ -85,7 +124,7 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
     """
     recovered = []
     me = worker_identity()
-    with file_lock(lock):
+    with ask_lock(study, lock):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             ident = t.user_attrs.get("worker")
             if ident is None or (ident != me if own else is_alive(ident)):
@@ -207,7 +246,9 @@ def _ask(
             st = proposer.stats
             if chosen is None and st.drawn and st.duplicate == st.drawn:
                 return None
-    trial = study.ask()
+    with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize":
+        warnings.simplefilter("ignore", UserWarning)  # run_loop runs the heartbeat itself
+        trial = study.ask()
     trial.set_user_attr("worker", worker_identity())
     sampler = study.sampler
     if chosen is not None and isinstance(sampler, ProposedSampler):
@@ -251,11 +292,11 @@ def run_loop(
 
     An evaluation is a COMPLETE trial or one the multi-fidelity ``scheduler`` stopped early.
     """
-    names = list(problem.directions)
     max_rejected = max_rejected if max_rejected is not None else 20 * n_trials
     failures = _Failures()
     while deadline is None or time.time() < deadline:
-        with file_lock(lock):
+        with ask_lock(study, lock):
+            fail_stale(study)  # trials of workers that went silent, on any host
             c = counts(study)
             if c.complete + c.stopped + c.running >= n_trials or c.rejected >= max_rejected:
                 return
@@ -265,51 +306,72 @@ def run_loop(
                 log.warning("every candidate drawn was already tried: the space looks exhausted")
                 return
         trial, candidate, sample_error = asked
-        trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
-        report = Reporter(study, trial, problem.directions, scheduler)
+        beat = heartbeat_thread(trial._trial_id, study._storage)
+        beat.start()
         try:
-            if sample_error is not None:
-                raise sample_error
-            metrics = dict(problem.static(candidate))
-            trial.set_user_attr("static", dict(metrics))  # a copy: metrics grows below
-            reason = describe_violation(problem.constraints, metrics)
-            if reason is not None:
-                raise Rejected(reason, metrics)
-            metrics.update(problem.evaluate(candidate, trial, report))
-            metrics = check_metrics(metrics, names, problem.constraints)
-        except Rejected as rej:
-            for name, value in violations(problem.constraints, rej.metrics).items():
-                trial.set_constraint(name, value)
-            trial.set_user_attr("metrics", rej.metrics)
-            trial.set_user_attr("rejected", rej.reason)
-            trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
-            frozen = study.tell(trial, state=TrialState.PRUNED)
-        except Stopped as stop:
-            last = report.curve[-1][1] if report.curve else {}
-            trial.set_user_attr("metrics", {**(trial.user_attrs.get("static") or {}), **last})
-            trial.set_user_attr("stopped", {"budget": stop.budget, "reason": stop.reason})
-            trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
-            frozen = study.tell(trial, state=TrialState.PRUNED)
-            failures.clear()
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:
-            msg = str(err) if isinstance(err, NasError) else f"{type(err).__name__}: {err}"
-            trial.set_user_attr("error", msg)
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            frozen = study.tell(trial, state=TrialState.FAIL)
-            failures.add(msg)
+            frozen = _run_trial(study, problem, trial, candidate, sample_error, t0, scheduler)
+        finally:
+            beat.join()
+        if frozen.state == TrialState.FAIL:
+            failures.add(frozen.user_attrs["error"])
             if failures.consistent():
                 raise TrialError(
                     f"{len(failures.messages)} trials in a row failed, last (trial "
-                    f"{trial.number}) with: {msg}"
-                ) from None
+                    f"{frozen.number}) with: {frozen.user_attrs['error']}"
+                )
         else:
-            trial.set_user_attr("metrics", metrics)
-            for name, value in violations(problem.constraints, metrics).items():
-                trial.set_constraint(name, value)  # <= 0 is feasible; samplers read these
-            trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
-            frozen = study.tell(trial, [metrics[n] for n in names])
             failures.clear()
         if on_tell is not None:
             on_tell(frozen)
+
+
+def _run_trial(
+    study: optuna.Study,
+    problem: Problem,
+    trial: optuna.Trial,
+    candidate: Any,
+    sample_error: BaseException | None,
+    t0: float,
+    scheduler: MOASHA | None,
+) -> optuna.trial.FrozenTrial:
+    """Static metrics -> (reject | evaluate) -> tell; every outcome is recorded on the trial."""
+    names = list(problem.directions)
+    trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
+    report = Reporter(study, trial, problem.directions, scheduler)
+    try:
+        if sample_error is not None:
+            raise sample_error
+        metrics = dict(problem.static(candidate))
+        trial.set_user_attr("static", dict(metrics))  # a copy: metrics grows below
+        reason = describe_violation(problem.constraints, metrics)
+        if reason is not None:
+            raise Rejected(reason, metrics)
+        metrics.update(problem.evaluate(candidate, trial, report))
+        metrics = check_metrics(metrics, names, problem.constraints)
+    except Rejected as rej:
+        for name, value in violations(problem.constraints, rej.metrics).items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("metrics", rej.metrics)
+        trial.set_user_attr("rejected", rej.reason)
+        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        frozen = study.tell(trial, state=TrialState.PRUNED)
+    except Stopped as stop:
+        last = report.curve[-1][1] if report.curve else {}
+        trial.set_user_attr("metrics", {**(trial.user_attrs.get("static") or {}), **last})
+        trial.set_user_attr("stopped", {"budget": stop.budget, "reason": stop.reason})
+        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        frozen = study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        msg = str(err) if isinstance(err, NasError) else f"{type(err).__name__}: {err}"
+        trial.set_user_attr("error", msg)
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        frozen = study.tell(trial, state=TrialState.FAIL)
+    else:
+        trial.set_user_attr("metrics", metrics)
+        for name, value in violations(problem.constraints, metrics).items():
+            trial.set_constraint(name, value)  # <= 0 is feasible; samplers read these
+        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        frozen = study.tell(trial, [metrics[n] for n in names])
+    return frozen

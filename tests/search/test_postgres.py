@@ -1,0 +1,148 @@
+"""Workers on one PostgreSQL study: a real server (Debian's postgresql), started on loopback by the
+fixture in a temp folder; one worker process is SIGKILLed mid-trial and the others finish the
+search, with the lost trial failed by its stopped heartbeat and retried once."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import nas
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ROOT / "experiments" / "digits_quick.yaml"
+N_TRIALS = 9
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL server on 127.0.0.1; yields a URL (trust auth, so any password)."""
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
+    root.chmod(0o755)
+    data, sock = root / "data", root / "sock"
+    data.mkdir()
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    log = root / "server.log"
+    log.touch()
+    if as_user:
+        shutil.chown(log, "postgres")
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "nas", "--no-sync")
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "start")
+    try:
+        run("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "-d", "postgres",
+            "-c", "CREATE DATABASE nas_test")  # fmt: skip
+        yield f"postgresql://nas:s3cret-pw@127.0.0.1:{port}/nas_test"
+    finally:
+        with contextlib.suppress(Exception):
+            run(str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for(check: Callable[[], object], timeout: float = 180) -> object:
+    end = time.time() + timeout
+    while time.time() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def _nas(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log, "wb") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nas.cli", *args], cwd=ROOT, env=env, stdout=f, stderr=f
+        )
+
+
+def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
+    postgres: str, tmp_path: Path
+) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["train"]["epochs"] = 40  # trials of a few seconds: time to kill one mid-trial
+    exp["search"].update(
+        trials=N_TRIALS, workers=1, storage=postgres, heartbeat_seconds=1, sampler="auto"
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "run"
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    first = _nas("run", str(path), "--out", str(out), "--no-export", log=logs[0])
+    _wait_for(lambda: (out / "experiment.yaml").is_file())
+    others = [_nas("worker", str(out), "--workers", "1", log=log) for log in logs[1:]]
+    victim_proc = others[0]
+
+    def victims_trial() -> object:
+        for t in nas.load(str(out)).study().get_trials(deepcopy=False):
+            w = t.user_attrs.get("worker", {})
+            if t.state == TrialState.RUNNING and w.get("pid") == victim_proc.pid:
+                return t
+        return None
+
+    try:
+        victim = _wait_for(victims_trial)
+        os.kill(victim_proc.pid, signal.SIGKILL)  # at once: mid-trial (trials take seconds)
+        for p in (first, others[1]):
+            assert p.wait(timeout=600) == 0, "\n".join(log.read_text()[-3000:] for log in logs)
+    finally:
+        for p in (first, *others):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    trials = nas.load(str(out)).study().get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS
+    assert len({t.number for t in complete}) == N_TRIALS
+    killed = next(t for t in trials if t.number == victim.number)  # type: ignore[attr-defined]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs["retry_reason"] == "worker lost (no heartbeat)"
+    assert retries[0].params == killed.params
+    keys = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(keys)) == N_TRIALS  # no candidate trained twice to completion
+    hosts = {t.user_attrs["worker"]["pid"] for t in complete}
+    assert len(hosts) >= 2  # the surviving workers shared the work
+    for log in logs:
+        assert "s3cret-pw" not in log.read_text()
