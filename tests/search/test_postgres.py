@@ -146,3 +146,11 @@ def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
     assert len(hosts) >= 2  # the surviving workers shared the work
     for log in logs:
         assert "s3cret-pw" not in log.read_text()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    shown = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "export", str(out), "--select", "knee"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert "s3cret-pw" not in shown.stdout + shown.stderr
+    for f in (out / "exports").rglob("*.json"):
+        assert "s3cret-pw" not in f.read_text()
