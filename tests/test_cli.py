@@ -47,7 +47,7 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -
 def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for cmd in ("run", "front", "export", "spaces", "objectives"):
+    for cmd in ("run", "worker", "front", "export", "spaces", "objectives"):
         assert cmd in out
 
 
@@ -162,3 +162,20 @@ def test_front_where_and_errors(
     _fails(capsys, ["front", str(tmp_path)], "not a run folder")
     _fails(capsys, ["export", str(run_copy), "--select", "9999"], "9999")
     _fails(capsys, ["run", str(QUICK), "--out", str(run_copy), "--workers", "0"], "workers")
+
+
+def test_worker_bad_input(
+    tmp_path: Path, run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(capsys, ["worker", str(tmp_path / "nope")], "is not a run folder")
+    _fails(capsys, ["worker", str(run_copy), "--workers", "0"], "--workers must be >= 1")
+
+
+def test_worker_on_a_finished_run_adds_nothing(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nas
+
+    before = len(nas.load(str(run_copy)).study().get_trials())
+    assert main(["worker", str(run_copy), "--workers", "1", "-q"]) == 0
+    assert len(nas.load(str(run_copy)).study().get_trials()) == before
