@@ -38,6 +38,8 @@ def cli() -> None:
     help="Sampler (default: search.sampler).",
 )
 @click.option("--storage", help="SQLAlchemy URL or journal:PATH (default: RUN_DIR/study.journal).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), help="Who runs the trials.")
+@click.option("--address", help='Ray cluster ("auto": the running one; default: a local Ray).')
 @click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default: runs/NAME).")
 @click.option(
@@ -53,6 +55,8 @@ def run(
     trials: int | None,
     sampler: str | None,
     storage: str | None,
+    backend: str | None,
+    address: str | None,
     timeout: float | None,
     out: Path | None,
     do_export: bool,
@@ -68,6 +72,8 @@ def run(
         trials=trials,
         sampler=sampler,
         storage=storage,
+        backend=backend,
+        address=address,
         timeout=timeout,
         progress=not quiet,
     )

@@ -26,7 +26,17 @@ from nas.search._worker import counts
 
 EXPERIMENT_FILE = "experiment.yaml"
 # keys that may change between invocations of the same run (they do not change its results)
-_RESUMABLE = {"trials", "workers", "timeout", "threads_per_worker", "heartbeat_seconds"}
+_RESUMABLE = {
+    "trials",
+    "workers",
+    "timeout",
+    "threads_per_worker",
+    "heartbeat_seconds",
+    "backend",
+    "address",
+    "cpus_per_trial",
+    "gpus_per_trial",
+}
 
 
 def problem_from_run_dir(run_dir: Path) -> ExperimentProblem:
@@ -186,6 +196,8 @@ def run(
     storage: str | None = None,
     timeout: float | None = None,
     progress: bool = True,
+    backend: str | None = None,
+    address: str | None = None,
 ) -> Run:
     """Run (or resume) the experiment at ``path``; return its :class:`Run`.
 
@@ -199,6 +211,8 @@ def run(
         sampler=sampler,
         storage=storage,
         timeout=timeout,
+        backend=backend,
+        address=address,
     )
     return _search(r, progress=progress)
 
@@ -229,10 +243,14 @@ def _search(r: Run, *, progress: bool) -> Run:
         timeout=s.timeout,
         threads_per_worker=s.threads_per_worker,
         heartbeat_seconds=s.heartbeat_seconds,
+        backend=s.backend,
+        address=s.address,
+        cpus_per_trial=s.cpus_per_trial,
+        gpus_per_trial=s.gpus_per_trial,
     )
     problem = ExperimentProblem(r.exp, r.dir, r.splits)
     optimize(
-        functools.partial(problem_from_run_dir, r.dir),
+        functools.partial(problem_from_run_dir, r.dir.resolve()),
         settings,
         r.dir,
         progress=progress,

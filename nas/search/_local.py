@@ -8,6 +8,7 @@ mid-run is replaced and its trial retried.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -43,6 +44,10 @@ class SearchSettings:
     timeout: float | None = None
     threads_per_worker: int | None = None
     heartbeat_seconds: int = 10
+    backend: str = "local"  # or "ray": Ray Tune schedules the trials (nas/search/_ray.py)
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
 
     def threads(self) -> int:
         return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
@@ -73,6 +78,10 @@ def open_study(
     )
     storage = open_storage(settings.storage, run_dir, heartbeat=settings.heartbeat_seconds)
     return load_study(storage, directions, sampler), why
+
+
+def open_study_only(settings: SearchSettings, run_dir: Path, directions: list[str]) -> optuna.Study:
+    return open_study(settings, run_dir, directions)[0]
 
 
 def _child(
@@ -177,7 +186,33 @@ def optimize(
                 stopped=k.stopped,
             )
 
-        if settings.workers == 1:
+        if settings.backend == "ray":
+            from nas.search._ray import optimize_ray
+
+            name = "tpe" if settings.sampler == "auto" else settings.sampler
+            ray_sampler, _ = make_sampler(
+                name,
+                n_objectives=len(directions),
+                n_trials=settings.n_trials,
+                workers=settings.workers,
+                seed=settings.seed,
+            )
+            optimize_ray(
+                factory,
+                problem,
+                study,
+                functools.partial(
+                    open_study_only, settings, run_dir.resolve(), list(directions.values())
+                ),
+                run_dir=run_dir,
+                n_trials=settings.n_trials,
+                workers=settings.workers,
+                sampler=ray_sampler,
+                seed=settings.seed,
+                address=settings.address,
+                resources={"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+            )
+        elif settings.workers == 1:
             set_threads(settings.threads())
             try:
                 run_loop(

@@ -1,0 +1,157 @@
+"""The Ray Tune backend on a real 2-node Ray cluster on loopback (head 127.0.0.2, worker 127.0.0.3,
+auth disabled on every process), started and stopped by PID by the fixture: trials run on both
+nodes; a Ray worker process SIGKILLed mid-trial is retried and the run ends with the right count."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import nas
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ROOT / "experiments" / "digits_quick.yaml"
+RAY = Path(sys.executable).parent / "ray"
+ENV = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pids_of(marker: str) -> set[int]:
+    """Processes whose command line names ``marker``, and all their descendants."""
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents[int(d.name)] = ppid
+        if marker in cmd:
+            found.add(int(d.name))
+    grew = True
+    while grew:
+        kids = {p for p, pp in parents.items() if pp in found} - found
+        found |= kids
+        grew = bool(kids)
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    if not RAY.exists():
+        pytest.skip("ray is not installed in this environment")
+    temp = tempfile.mkdtemp(prefix="nr", dir="/tmp")  # short: Ray's socket paths have a limit
+    port = _free_port()
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [str(RAY), "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
+             f"--temp-dir={temp}", "--include-dashboard=false", *common],
+            env=ENV, check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
+        subprocess.run(
+            [str(RAY), "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
+             *common],
+            env=ENV, check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
+        yield f"127.0.0.2:{port}"
+    finally:
+        for _ in range(10):  # our cluster only, by PID (never `ray stop`: it stops every Ray)
+            pids = _pids_of(temp)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["train"]["epochs"] = 40  # a few seconds per trial: time to kill one mid-trial
+    exp["search"].update(trials=10, workers=2, backend="ray", address=ray_cluster)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "run"
+    log = tmp_path / "run.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
+             "--no-export"],
+            cwd=ROOT, env=ENV, stdout=f, stderr=f,
+        )  # fmt: skip
+    try:
+        victim = None
+        end = time.time() + 300
+        while victim is None and time.time() < end and proc.poll() is None:
+            time.sleep(0.2)
+            if not (out / "study.journal").exists():
+                continue
+            trials = nas.load(str(out)).study().get_trials(deepcopy=False)
+            nodes = {t.user_attrs.get("ray_node") for t in trials if t.state.is_finished()}
+            if not {"127.0.0.2", "127.0.0.3"} <= nodes:
+                continue  # first let both nodes finish a trial
+            for t in trials:
+                if t.state == TrialState.RUNNING and "ray_node" in t.user_attrs:
+                    victim = t
+                    break
+        assert victim is not None, log.read_text()[-3000:]
+        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    trials = nas.load(str(out)).study().get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 10
+    assert {t.user_attrs["ray_node"] for t in complete} == {"127.0.0.2", "127.0.0.3"}
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["error"] == "Ray worker lost"
+
+
+def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["train"]["epochs"] = 4
+    exp["search"].update(
+        trials=10, workers=2, backend="ray", address=ray_cluster, fidelity={"eta": 2}
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
+         "--no-export"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = nas.load(str(out)).study().get_trials()
+    stopped = [t for t in trials if "stopped" in t.user_attrs]
+    assert stopped, "MO-ASHA at rungs 1 and 2 epochs must stop some trials"
+    assert all("ray_node" in t.user_attrs and t.user_attrs["curve"] for t in stopped)
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) >= 1
