@@ -19,10 +19,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.search._local import LOCK_FILE
 from nas.search._problem import Problem, Rejected
-from nas.search._worker import _run_trial, worker_identity
+from nas.search._worker import _run_trial, ask_lock, counts, worker_identity
 
 ROUNDS = 3
+DONE = ".nas-done"  # marks a Tune run that finished (not to be restored)
 _PROBLEMS: dict[str, Problem] = {}  # per worker process: Ray reuses actors between trials
 
 
@@ -43,6 +45,7 @@ def trainable(
     factory: Callable[[], Problem],
     open_study: Callable[[], optuna.Study],
     key: str,
+    n_trials: int,
 ) -> None:
     """One Tune trial: record it in the run's study, run it as a local worker would, report."""
     import ray
@@ -51,6 +54,14 @@ def trainable(
     problem = _problem(factory, key)
     study = open_study()
     names = list(problem.directions)
+    tune_id = tune.get_context().get_trial_id()
+    for t in study.get_trials(deepcopy=False):  # a restored Tune run re-runs what it missed
+        if t.user_attrs.get("tune_trial") == tune_id and t.state.is_finished():
+            if t.state == TrialState.COMPLETE:
+                tune.report({n: float(v) for n, v in zip(names, t.values, strict=True)})
+            else:
+                tune.report({n: math.nan for n in names})
+            return
     t0 = time.perf_counter()
     fixed = optuna.trial.FixedTrial(config)
     candidate: Any = None
@@ -72,10 +83,16 @@ def trainable(
         intermediate_values={},
         trial_id=-1,
     )
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    with ask_lock(study, Path(key) / LOCK_FILE):  # as the local driver: count, then create
+        c = counts(study)
+        if c.complete + c.stopped + c.running >= n_trials:
+            tune.report({n: math.nan for n in names})  # e.g. a restored run's extra samples
+            return
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     trial = optuna.Trial(study, trial_id)
     trial.set_user_attr("worker", worker_identity())
     trial.set_user_attr("ray_node", ray.util.get_node_ip_address())
+    trial.set_user_attr("tune_trial", tune_id)
     frozen = _run_trial(
         study, problem, trial, candidate, error, t0, getattr(problem, "scheduler", None)
     )
@@ -104,8 +121,6 @@ def optimize_ray(
     missing ones; a Tune trial whose worker or node died is retried (``FailureConfig``)."""
     import ray
 
-    from nas.search._worker import counts
-
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     for _ in range(ROUNDS):  # rejected candidates count as Tune samples: top up
@@ -113,8 +128,8 @@ def optimize_ray(
         done = c.complete + c.stopped  # evaluations, as the local driver counts them
         if done >= n_trials:
             return
-        _fit(factory, problem, open_study, run_dir, n_trials - done, workers, sampler, seed,
-             resources)  # fmt: skip
+        _fit(factory, problem, open_study, run_dir, n_trials - done, n_trials, workers, sampler,
+             seed, resources)  # fmt: skip
         _fail_leftovers(study)
 
 
@@ -132,6 +147,7 @@ def _fit(
     open_study: Callable[[], optuna.Study],
     run_dir: Path,
     n: int,
+    n_total: int,
     workers: int,
     sampler: optuna.samplers.BaseSampler,
     seed: int,
@@ -151,19 +167,34 @@ def _fit(
         sampler=sampler,
         seed=seed,
     )
-    fn = functools.partial(trainable, factory=factory, open_study=open_study, key=key)
+    fn = tune.with_resources(
+        functools.partial(
+            trainable, factory=factory, open_study=open_study, key=key, n_trials=n_total
+        ),
+        {k: v for k, v in resources.items() if v},
+    )
+    previous = sorted((run_dir / "ray").glob("tune-*"))
+    if previous and not (previous[-1] / DONE).exists() and tune.Tuner.can_restore(previous[-1]):
+        # an interrupted Tune run: restore it (its searcher's state, unfinished trials, retries)
+        tune.Tuner.restore(
+            str(previous[-1].resolve()), trainable=fn, resume_unfinished=True, resume_errored=True
+        ).fit()
+        (previous[-1] / DONE).touch()
+        return
+    name = f"tune-{len(previous):03d}"
     tuner = tune.Tuner(
-        tune.with_resources(fn, {k: v for k, v in resources.items() if v}),
+        fn,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=workers),
             num_samples=n,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=name,
             storage_path=str((run_dir / "ray").resolve()),
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=0,
         ),
     )
     tuner.fit()
+    (run_dir / "ray" / name / DONE).touch()

@@ -155,3 +155,41 @@ def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
     assert stopped, "MO-ASHA at rungs 1 and 2 epochs must stop some trials"
     assert all("ray_node" in t.user_attrs and t.user_attrs["curve"] for t in stopped)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) >= 1
+
+
+def test_an_interrupted_ray_run_resumes_with_tuner_restore(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["train"]["epochs"] = 30
+    exp["search"].update(trials=8, workers=2, backend="ray", address=ray_cluster)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
+            "--no-export"]  # fmt: skip
+    first = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        end = time.time() + 300
+        while time.time() < end and first.poll() is None:
+            time.sleep(0.2)
+            if (out / "study.journal").exists():
+                trials = nas.load(str(out)).study().get_trials(deepcopy=False)
+                if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:
+                    break
+        assert first.poll() is None, "the run ended before it could be interrupted"
+        os.kill(first.pid, signal.SIGKILL)  # the Tune driver dies mid-run
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    kept = {t.number for t in nas.load(str(out)).study().get_trials() if t.state.is_finished()}
+    again = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(list((out / "ray").glob("tune-000/*.json"))) >= 1  # the restored Tune run
+    trials = nas.load(str(out)).study().get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8
+    assert kept <= {t.number for t in trials if t.state.is_finished()}  # nothing lost
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
