@@ -177,6 +177,10 @@ def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -
     resolve_objectives(exp)  # unknown objective / constraint names
     parse_compression(exp.compression)  # unknown techniques, knob ranges outside their domain
     check_url(exp.search.storage)
+    if exp.search.backend == "ray":
+        from nas.search._ray import check_address
+
+        check_address(exp.search.address)  # an unreachable cluster: fail before writing
     if exp.search.storage and not exp.search.storage.startswith("journal:"):
         open_storage(exp.search.storage, run_dir)  # unreachable database: fail before writing
     splits = load_data(exp.data)

@@ -179,3 +179,12 @@ def test_worker_on_a_finished_run_adds_nothing(
     before = len(nas.load(str(run_copy)).study().get_trials())
     assert main(["worker", str(run_copy), "--workers", "1", "-q"]) == 0
     assert len(nas.load(str(run_copy)).study().get_trials()) == before
+
+
+def test_unreachable_ray_address_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = _exp(tmp_path, search__backend="ray", search__address="127.0.0.2:1")
+    out = tmp_path / "run"
+    _fails(capsys, ["run", str(exp), "--out", str(out)], "cannot reach the Ray cluster")
+    assert not out.exists()

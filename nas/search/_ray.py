@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.errors import NasError
 from nas.search._local import LOCK_FILE
 from nas.search._problem import Problem, Rejected
 from nas.search._worker import _run_trial, ask_lock, counts, worker_identity
@@ -122,7 +123,9 @@ def optimize_ray(
     import ray
 
     if not ray.is_initialized():
+        check_address(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    check_resources(resources)
     for _ in range(ROUNDS):  # rejected candidates count as Tune samples: top up
         c = counts(study)
         done = c.complete + c.stopped  # evaluations, as the local driver counts them
@@ -131,6 +134,42 @@ def optimize_ray(
         _fit(factory, problem, open_study, run_dir, n_trials - done, n_trials, workers, sampler,
              seed, resources)  # fmt: skip
         _fail_leftovers(study)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A one-line NasError at once when a HOST:PORT Ray address does not answer."""
+    import socket
+
+    if address in (None, "auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        raise NasError(
+            f"cannot reach the Ray cluster at {address!r} ({err}); start it (`ray start --head`) "
+            f"or pass its address as HOST:PORT, 'auto', or no address for a local Ray"
+        ) from None
+
+
+def check_resources(resources: dict[str, float]) -> None:
+    """A one-line NasError when no node of the cluster can hold one trial."""
+    import ray
+
+    names = {"cpu": "CPU", "gpu": "GPU"}
+    for key, want in resources.items():
+        if not want:
+            continue
+        have = max(
+            (n["Resources"].get(names[key], 0.0) for n in ray.nodes() if n.get("Alive")),
+            default=0.0,
+        )
+        if want > have:
+            raise NasError(
+                f"search.{key}s_per_trial={want:g} but the largest Ray node has {have:g} "
+                f"{names[key]}(s); lower {key}s_per_trial or add a bigger node"
+            )
 
 
 def _fail_leftovers(study: optuna.Study) -> None:

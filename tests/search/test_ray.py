@@ -193,3 +193,15 @@ def test_an_interrupted_ray_run_resumes_with_tuner_restore(
     assert len(complete) == 8
     assert kept <= {t.number for t in trials if t.state.is_finished()}  # nothing lost
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_more_cpus_per_trial_than_any_node_has(ray_cluster: str, tmp_path: Path) -> None:
+    exp = yaml.safe_load(QUICK.read_text())
+    exp["search"].update(backend="ray", address=ray_cluster, cpus_per_trial=4)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(tmp_path / "run")]
+    done = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "cpus_per_trial=4 but the largest Ray node has 1 CPU(s)" in done.stderr
+    assert "Traceback" not in done.stderr
