@@ -22,7 +22,7 @@ TRIALS = 10
 
 def _experiment(tmp_path: Path) -> Path:
     data = yaml.safe_load(QUICK.read_text())
-    data["train"]["epochs"] = 25  # ~1 s per trial: long enough to kill a worker mid-trial
+    data["train"]["epochs"] = 50  # ~2 s per trial: a kill lands mid-trial even on a busy machine
     data["search"]["trials"] = TRIALS
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
