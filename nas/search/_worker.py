@@ -114,7 +114,16 @@ def is_alive(ident: dict[str, object]) -> bool:
         return False
     except PermissionError:
         return True
+    if _proc_state(pid) in ("Z", "X"):  # a zombie (killed, not reaped: e.g. a container's init)
+        return False
     return ident.get("start") is None or _proc_start(pid) == ident.get("start")
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list[int]:

@@ -68,3 +68,21 @@ def test_an_exhausted_space_ends_the_run_with_a_reason(tmp_path, capsys) -> None
     assert "stopped at 2 of 5 evaluations: every candidate drawn was already tried" in (
         capsys.readouterr().err
     )
+
+
+def test_a_killed_but_unreaped_worker_counts_as_dead() -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from nas.search._worker import _proc_start, is_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    ident = {"host": __import__("socket").gethostname(), "pid": child.pid}
+    ident["start"] = _proc_start(child.pid)
+    assert is_alive(ident)
+    os.kill(child.pid, signal.SIGKILL)
+    time.sleep(0.3)  # not waited for: a zombie until reaped
+    assert not is_alive(ident)
+    child.wait()
