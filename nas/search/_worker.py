@@ -59,7 +59,8 @@ def ask_lock(study: optuna.Study, path: Path) -> Iterator[None]:
     """The lock around "count + ask": a PostgreSQL advisory lock when the study lives in
     PostgreSQL (workers on every host share it), else a file lock (one host)."""
     storage = study._storage
-    engine = getattr(storage, "engine", None)
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    engine = getattr(backend, "engine", None)
     if engine is None or engine.dialect.name != "postgresql":
         with file_lock(path):
             yield

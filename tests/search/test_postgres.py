@@ -154,3 +154,26 @@ def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
     assert "s3cret-pw" not in shown.stdout + shown.stderr
     for f in (out / "exports").rglob("*.json"):
         assert "s3cret-pw" not in f.read_text()
+
+
+def test_the_ask_lock_is_a_postgres_advisory_lock(postgres: str, tmp_path: Path) -> None:
+    import optuna
+    from sqlalchemy import create_engine, text
+
+    from nas.search._storage import open_storage
+    from nas.search._worker import ask_lock
+
+    url = postgres.replace("nas_test", "postgres")
+    study = optuna.create_study(storage=open_storage(url, tmp_path))
+    probe = create_engine(url)
+
+    def advisory_locks() -> int:
+        with probe.connect() as conn:
+            sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            return int(conn.execute(text(sql)).scalar_one())
+
+    with ask_lock(study, tmp_path / ".ask.lock"):
+        assert advisory_locks() == 1  # held in the database: every host sees it
+        assert not (tmp_path / ".ask.lock").exists()  # not the one-host file lock
+    assert advisory_locks() == 0
+    probe.dispose()
