@@ -13,7 +13,8 @@ are known from its structure. Before each trial the proposer:
    used for every candidate); running trials count as if they had returned the predicted mean;
 4. hands the best one to the real trial (:class:`ProposedSampler` answers its ``suggest`` calls).
 
-Until ``n_init`` trials are complete the choice is space-filling (farthest from everything tried).
+The first ``n_init`` trials are sampled at random: until that many are complete, step 3 is
+skipped and one of the remaining candidates (uniform draws only, no mutations) is picked at random.
 """
 
 from __future__ import annotations
@@ -416,7 +417,8 @@ class CostAwareProposer:
     Args:
         directions: objective -> "maximize" | "minimize".
         constraints: hard bounds; a static metric that breaks one rejects the candidate untrained.
-        n_init: complete trials before the surrogate takes over (space-filling until then).
+        n_init: complete trials before the surrogate takes over; the first ``n_init`` trials are
+            sampled at random (a uniform, untried candidate that meets the static constraints).
         max_proposals: candidates drawn per trial (fewer if ``time_budget`` runs out first).
         time_budget: seconds per proposal round, after at least ``min_proposals``; None (the
             default) draws them all, so a seeded search is reproducible on any machine (static
@@ -578,18 +580,6 @@ class CostAwareProposer:
             dists.update(p.dists)
         statics = [_static(t) for t in [*history.complete, *history.pending]]
         return _Encoder(dists, statics + [p.static for p in props])
-
-    def _space_filling(self, history: History, props: list[Proposal]) -> Proposal:
-        """The proposal farthest from everything tried or running."""
-        self.stats.mode = "space-filling"
-        done = [*history.complete, *history.pending]
-        if not done:
-            return props[int(self.rng.integers(len(props)))]
-        enc = self._encoder(history, props)
-        xq = np.stack([enc(p.params, p.static) for p in props])
-        xd = np.stack([enc(t.params, _static(t)) for t in done])
-        dist = np.min(((xq[:, None, :] - xd[None, :, :]) ** 2).sum(-1), axis=1)
-        return props[int(np.argmax(dist + 1e-9 * self.rng.random(len(dist))))]
 
     def _scorer(
         self, history: History, props: list[Proposal]
