@@ -21,18 +21,35 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import NasError
 from nas.search._local import LOCK_FILE
-from nas.search._problem import Problem, Rejected
+from nas.search._problem import Problem
 from nas.search._worker import _run_trial, ask_lock, counts, worker_identity
 
 ROUNDS = 3
 DONE = ".nas-done"  # marks a Tune run that finished (not to be restored)
 _PROBLEMS: dict[str, Problem] = {}  # per worker process: Ray reuses actors between trials
+_STUDIES: dict[str, optuna.Study] = {}  # likewise, so a reused actor does not reopen the study
 
 
 def _problem(factory: Callable[[], Problem], key: str) -> Problem:
     if key not in _PROBLEMS:
         _PROBLEMS[key] = factory()
     return _PROBLEMS[key]
+
+
+def _study(open_study: Callable[[], optuna.Study], key: str) -> optuna.Study:
+    if key not in _STUDIES:
+        _STUDIES[key] = open_study()
+    return _STUDIES[key]
+
+
+def _report(names: list[str], trial: FrozenTrial | None) -> None:
+    """Tell Tune a trial's objective values; NaN for each if it did not complete (or never ran)."""
+    from ray import tune
+
+    if trial is not None and trial.state == TrialState.COMPLETE:
+        tune.report({n: float(v) for n, v in zip(names, trial.values, strict=True)})
+    else:
+        tune.report({n: math.nan for n in names})
 
 
 def define(trial: optuna.Trial, *, factory: Callable[[], Problem], key: str) -> None:
@@ -53,15 +70,12 @@ def trainable(
     from ray import tune
 
     problem = _problem(factory, key)
-    study = open_study()
+    study = _study(open_study, key)
     names = list(problem.directions)
     tune_id = tune.get_context().get_trial_id()
     for t in study.get_trials(deepcopy=False):  # a restored Tune run re-runs what it missed
         if t.user_attrs.get("tune_trial") == tune_id and t.state.is_finished():
-            if t.state == TrialState.COMPLETE:
-                tune.report({n: float(v) for n, v in zip(names, t.values, strict=True)})
-            else:
-                tune.report({n: math.nan for n in names})
+            _report(names, t)
             return
     t0 = time.perf_counter()
     fixed = optuna.trial.FixedTrial(config)
@@ -69,7 +83,7 @@ def trainable(
     error: BaseException | None = None
     try:
         candidate = problem.sample(fixed)
-    except (Rejected, Exception) as err:  # recorded on the trial like a local worker does
+    except Exception as err:  # Rejected or not: recorded on the trial like a local worker does
         error = err
     template = FrozenTrial(
         number=-1,
@@ -87,7 +101,7 @@ def trainable(
     with ask_lock(study, Path(key) / LOCK_FILE):  # as the local driver: count, then create
         c = counts(study)
         if c.complete + c.stopped + c.running >= n_trials:
-            tune.report({n: math.nan for n in names})  # e.g. a restored run's extra samples
+            _report(names, None)  # e.g. a restored run's extra samples
             return
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     trial = optuna.Trial(study, trial_id)
@@ -97,10 +111,7 @@ def trainable(
     frozen = _run_trial(
         study, problem, trial, candidate, error, t0, getattr(problem, "scheduler", None)
     )
-    if frozen.state == TrialState.COMPLETE:
-        tune.report({n: float(v) for n, v in zip(names, frozen.values, strict=True)})
-    else:
-        tune.report({n: math.nan for n in names})
+    _report(names, frozen)
 
 
 def optimize_ray(
