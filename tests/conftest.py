@@ -4,9 +4,28 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "digits_quick.yaml"
+
+
+def experiment(folder: Path, **changes: object) -> Path:
+    """digits_quick.yaml with ``changes`` applied, written to ``folder / "exp.yaml"``.
+
+    A key names a top-level entry (``constraints={...}`` replaces it) or, with ``__`` between the
+    levels, one nested entry (``search__trials=3`` changes only ``search.trials``).
+    """
+    data = yaml.safe_load(QUICK.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nas.cli import main
-from tests.conftest import QUICK
+from tests.conftest import QUICK, experiment
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -18,19 +17,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def _exp(tmp_path: Path, **changes: object) -> Path:
-    data = yaml.safe_load(QUICK.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
@@ -87,7 +73,7 @@ def test_run_bad_experiment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, needles: tuple[str, ...]
 ) -> None:
     out = tmp_path / "run"
-    _fails(capsys, ["run", str(_exp(tmp_path, **changes)), "--out", str(out), "-q"], *needles)
+    _fails(capsys, ["run", str(experiment(tmp_path, **changes)), "--out", str(out), "-q"], *needles)
     assert not out.exists()
 
 
@@ -100,7 +86,7 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_space_file_that_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "myspace.py").write_text("raise RuntimeError('boom at import')\n")
-    exp = _exp(tmp_path, space__name=f"{tmp_path / 'myspace.py'}:space")
+    exp = experiment(tmp_path, space__name=f"{tmp_path / 'myspace.py'}:space")
     _fails(capsys, ["run", str(exp), "--out", str(tmp_path / "r"), "-q"], "boom at import")
 
 
@@ -112,7 +98,7 @@ def test_space_that_raises_in_trials(tmp_path: Path, capsys: pytest.CaptureFixtu
         "        raise ZeroDivisionError('bad candidate')\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_classes))\n"
     )
-    exp = _exp(tmp_path, space__name=f"{tmp_path / 'flaky.py'}:space", space__args={})
+    exp = experiment(tmp_path, space__name=f"{tmp_path / 'flaky.py'}:space", space__args={})
     out = tmp_path / "r"
     _fails(
         capsys,
@@ -129,7 +115,7 @@ def test_unreachable_storage_hides_password(
     url = "postgresql://alice:s3cret@127.0.0.1:1/nas"
     err = _fails(
         capsys,
-        ["run", str(_exp(tmp_path, search__storage=url)), "-q", "--out", str(tmp_path / "r")],
+        ["run", str(experiment(tmp_path, search__storage=url)), "-q", "--out", str(tmp_path / "r")],
         "cannot open storage",
     )
     assert "s3cret" not in err
@@ -139,7 +125,7 @@ def test_changed_experiment_leaves_run_untouched(
     run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = _snapshot(run_copy)
-    exp = _exp(tmp_path, train__lr=0.5)
+    exp = experiment(tmp_path, train__lr=0.5)
     _fails(capsys, ["run", str(exp), "--out", str(run_copy), "-q"], "train.lr", "--out")
     assert _snapshot(run_copy) == before
 
@@ -184,7 +170,7 @@ def test_worker_on_a_finished_run_adds_nothing(
 def test_unreachable_ray_address_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exp = _exp(tmp_path, search__backend="ray", search__address="127.0.0.2:1")
+    exp = experiment(tmp_path, search__backend="ray", search__address="127.0.0.2:1")
     out = tmp_path / "run"
     _fails(capsys, ["run", str(exp), "--out", str(out)], "cannot reach the Ray cluster")
     assert not out.exists()

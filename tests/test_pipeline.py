@@ -8,15 +8,17 @@ import yaml
 from optuna.trial import TrialState
 
 import nas
-from tests.conftest import QUICK
+from tests.conftest import QUICK, experiment
 
 
 def test_static_constraint_rejects_before_training(tmp_path: Path) -> None:
-    data = yaml.safe_load(QUICK.read_text())
-    data["constraints"] = {"params": {"max": 1500}}  # most mlp candidates are larger
-    data["search"].update(trials=3, workers=1, sampler="random")
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump(data))
+    exp = experiment(
+        tmp_path,
+        constraints={"params": {"max": 1500}},  # most mlp candidates are larger
+        search__trials=3,
+        search__workers=1,
+        search__sampler="random",
+    )
     run = nas.run(str(exp), out=tmp_path / "run", progress=False)
     trials = run.study().get_trials(deepcopy=False)
     rejected = [t for t in trials if t.state == TrialState.PRUNED]
@@ -94,12 +96,15 @@ def test_architecture_and_compression_in_one_trial(tmp_path: Path) -> None:
 
 
 def test_candidate_a_technique_cannot_apply_to_is_skipped_with_reason(tmp_path: Path) -> None:
-    data = yaml.safe_load(QUICK.read_text())
-    data["space"] = {"name": "cnn", "args": {"max_depth": 1, "widths": [8], "batch_norm": "search"}}
-    data["compression"] = {"slimming": {"ratio": 0.3}}
-    data["search"].update(trials=3, workers=1, sampler="random", seed=1)
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump(data))
+    exp = experiment(
+        tmp_path,
+        space={"name": "cnn", "args": {"max_depth": 1, "widths": [8], "batch_norm": "search"}},
+        compression={"slimming": {"ratio": 0.3}},
+        search__trials=3,
+        search__workers=1,
+        search__sampler="random",
+        search__seed=1,
+    )
     run = nas.run(str(exp), out=tmp_path / "run", progress=False)
     trials = run.study().get_trials(deepcopy=False)
     skipped = [t for t in trials if t.state == TrialState.PRUNED]

@@ -7,17 +7,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 import nas
 from nas.errors import NasError
 from nas.search import MOASHA
 from nas.search._fidelity import rank_position
+from tests.conftest import experiment
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-QUICK = Path(__file__).resolve().parents[2] / "experiments" / "digits_quick.yaml"
 
 DIRS = {"quality": "maximize", "cost": "minimize"}
 
@@ -107,11 +105,13 @@ def test_budgets_that_do_not_increase_fail_the_trial_with_a_reason() -> None:
 
 
 def test_an_experiment_with_search_fidelity_stops_trainings_early(tmp_path: Path) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["train"]["epochs"] = 4
-    exp["search"].update(trials=12, workers=1, fidelity={"eta": 2})  # rungs at 1 and 2 epochs
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
+    path = experiment(
+        tmp_path,
+        train__epochs=4,
+        search__trials=12,
+        search__workers=1,
+        search__fidelity={"eta": 2},  # rungs at 1 and 2 epochs
+    )
     run = nas.run(str(path), out=tmp_path / "run", progress=False)
     trials = run.study().get_trials()
     stopped = [t for t in trials if "stopped" in t.user_attrs]

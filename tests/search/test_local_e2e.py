@@ -12,21 +12,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import QUICK, ROOT
+from tests.conftest import QUICK, ROOT, experiment
 
 TRIALS = 10
 
 
 def _experiment(tmp_path: Path) -> Path:
-    data = yaml.safe_load(QUICK.read_text())
-    data["train"]["epochs"] = 50  # ~2 s per trial: a kill lands mid-trial even on a busy machine
-    data["search"]["trials"] = TRIALS
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    # ~2 s per trial: a kill lands mid-trial even on a busy machine
+    return experiment(tmp_path, train__epochs=50, search__trials=TRIALS)
 
 
 def _study(run_dir: Path) -> optuna.Study:

@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 import nas
+from tests.conftest import ROOT, experiment
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = ROOT / "experiments" / "digits_quick.yaml"
 N_TRIALS = 9
 
 
@@ -98,13 +96,15 @@ def _nas(*args: str, log: Path) -> subprocess.Popen[bytes]:
 def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
     postgres: str, tmp_path: Path
 ) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["train"]["epochs"] = 40  # trials of a few seconds: time to kill one mid-trial
-    exp["search"].update(
-        trials=N_TRIALS, workers=1, storage=postgres, heartbeat_seconds=1, sampler="auto"
+    path = experiment(
+        tmp_path,
+        train__epochs=40,  # trials of a few seconds: time to kill one mid-trial
+        search__trials=N_TRIALS,
+        search__workers=1,
+        search__storage=postgres,
+        search__heartbeat_seconds=1,
+        search__sampler="auto",
     )
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "run"
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     first = _nas("run", str(path), "--out", str(out), "--no-export", log=logs[0])

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 import nas
+from tests.conftest import ROOT, experiment
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = ROOT / "experiments" / "digits_quick.yaml"
 RAY = Path(sys.executable).parent / "ray"
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
 
@@ -91,11 +89,14 @@ def ray_cluster() -> Iterator[str]:
 def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
     ray_cluster: str, tmp_path: Path
 ) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["train"]["epochs"] = 40  # a few seconds per trial: time to kill one mid-trial
-    exp["search"].update(trials=10, workers=2, backend="ray", address=ray_cluster)
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
+    path = experiment(
+        tmp_path,
+        train__epochs=40,  # a few seconds per trial: time to kill one mid-trial
+        search__trials=10,
+        search__workers=2,
+        search__backend="ray",
+        search__address=ray_cluster,
+    )
     out = tmp_path / "run"
     log = tmp_path / "run.log"
     with open(log, "wb") as f:
@@ -136,13 +137,15 @@ def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
 
 
 def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["train"]["epochs"] = 4
-    exp["search"].update(
-        trials=10, workers=2, backend="ray", address=ray_cluster, fidelity={"eta": 2}
+    path = experiment(
+        tmp_path,
+        train__epochs=4,
+        search__trials=10,
+        search__workers=2,
+        search__backend="ray",
+        search__address=ray_cluster,
+        search__fidelity={"eta": 2},
     )
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
@@ -160,11 +163,14 @@ def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
 def test_an_interrupted_ray_run_resumes_with_tuner_restore(
     ray_cluster: str, tmp_path: Path
 ) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["train"]["epochs"] = 30
-    exp["search"].update(trials=8, workers=2, backend="ray", address=ray_cluster)
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
+    path = experiment(
+        tmp_path,
+        train__epochs=30,
+        search__trials=8,
+        search__workers=2,
+        search__backend="ray",
+        search__address=ray_cluster,
+    )
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
             "--no-export"]  # fmt: skip
@@ -196,10 +202,9 @@ def test_an_interrupted_ray_run_resumes_with_tuner_restore(
 
 
 def test_more_cpus_per_trial_than_any_node_has(ray_cluster: str, tmp_path: Path) -> None:
-    exp = yaml.safe_load(QUICK.read_text())
-    exp["search"].update(backend="ray", address=ray_cluster, cpus_per_trial=4)
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
+    path = experiment(
+        tmp_path, search__backend="ray", search__address=ray_cluster, search__cpus_per_trial=4
+    )
     argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(tmp_path / "run")]
     done = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
