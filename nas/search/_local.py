@@ -110,6 +110,7 @@ def _child(
             deadline=deadline,
             proposer=_proposer(study, problem, settings, index),
             scheduler=getattr(problem, "scheduler", None),
+            warn_exhausted=False,  # the parent's shortfall() says it once, with the counts
         )
     except NasError as err:
         messages.put((index, str(err)))
@@ -224,6 +225,7 @@ def optimize(
                     on_tell=show,
                     proposer=_proposer(study, problem, settings, 0),
                     scheduler=getattr(problem, "scheduler", None),
+                    warn_exhausted=False,  # shortfall() below says it, with the counts
                 )
             except KeyboardInterrupt:
                 recover_stale(study, lock, own=True)

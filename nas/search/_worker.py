@@ -297,10 +297,13 @@ def run_loop(
     max_rejected: int | None = None,
     proposer: CostAwareProposer | None = None,
     scheduler: MOASHA | None = None,
+    warn_exhausted: bool = True,
 ) -> None:
     """Run trials until ``n_trials`` evaluations are done in the study (all workers together).
 
     An evaluation is a COMPLETE trial or one the multi-fidelity ``scheduler`` stopped early.
+    ``warn_exhausted=False`` leaves saying that the space looks exhausted to a caller that
+    explains the end of the search itself (the local driver's ``shortfall``).
     """
     max_rejected = max_rejected if max_rejected is not None else 20 * n_trials
     failures = _Failures()
@@ -313,7 +316,10 @@ def run_loop(
             t0 = time.perf_counter()
             asked = _ask(study, problem, proposer)
             if asked is None:
-                log.warning("every candidate drawn was already tried: the space looks exhausted")
+                if warn_exhausted:
+                    log.warning(
+                        "every candidate drawn was already tried: the space looks exhausted"
+                    )
                 return
         trial, candidate, sample_error = asked
         beat = heartbeat_thread(trial._trial_id, study._storage)
