@@ -121,6 +121,40 @@ def parse_where(expr: str, known: Sequence[str]) -> Callable[[Mapping[str, float
     return lambda metrics: bool(ev(tree, metrics))
 
 
+def explain_no_match(expr: str, points: Sequence[Point], known: Sequence[str]) -> str:
+    """Why ``--where expr`` keeps none of ``points``: the bound that removed the last model."""
+    tree = ast.parse(expr, mode="eval").body
+    terms = (
+        [ast.get_source_segment(expr, v) or ast.unparse(v) for v in tree.values]
+        if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And)
+        else [expr]
+    )
+    left = list(points)
+    for i, term in enumerate(terms):
+        pred = parse_where(term, known)
+        kept = [p for p in left if pred(p.metrics)]
+        if not kept:
+            names = sorted(
+                {n.id for n in ast.walk(ast.parse(term, mode="eval")) if isinstance(n, ast.Name)}
+            )
+            ranges = "; ".join(
+                f"{n} ranges {_fmt(min(v))}..{_fmt(max(v))}"
+                for n in names
+                if (v := [p.metrics[n] for p in left if n in p.metrics])
+            )
+            before = f" that {' and '.join(terms[:i])!r} kept" if i else ""
+            return (
+                f"--where {expr!r} matches none of the {len(points)} feasible trial(s): "
+                f"{term!r} removed the last {len(left)}{before} ({ranges}); loosen that bound"
+            )
+        left = kept
+    return f"--where {expr!r} matches no feasible trial; loosen it"  # pragma: no cover
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
 def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
     """(feasible, infeasible) COMPLETE trials as points, metrics from the trial's attributes."""
     feasible, infeasible = [], []
@@ -244,8 +278,66 @@ class Front:
             )
         return knee(self.points, self.directions)
 
+    def best(self, metric: str, direction: str | None = None) -> Point:
+        """The best model on ``metric`` (an objective, or any recorded metric with ``direction``).
+
+        On an objective it is a front model (ties broken by the knee's distance); on another
+        metric it is the best of every feasible trial that passed the ``where`` filter.
+        """
+        known = sorted({k for p in self.candidates for k in p.metrics} | set(self.directions))
+        if metric not in known:
+            raise NasError(
+                f"--best names unknown metric {metric!r}; known metrics: {', '.join(known)}"
+            )
+        direction = self.directions.get(metric, direction)
+        if direction not in ("maximize", "minimize"):
+            raise NasError(
+                f"--best {metric}: its direction is unknown (it is not an objective of this "
+                f"run); pick one of {', '.join(self.directions)}"
+            )
+        pool = self.points if metric in self.directions else self.candidates
+        pool = [p for p in pool if math.isfinite(p.metrics.get(metric, math.nan))]
+        if not pool:
+            raise NasError(f"--best {metric}: no model of this front has a value for it")
+        sign = -1.0 if direction == "maximize" else 1.0
+        top = min(sign * p.metrics[metric] for p in pool)
+        ties = [p for p in pool if sign * p.metrics[metric] == top]
+        return knee(ties, self.directions) if len(ties) > 1 else ties[0]
+
+    def reasons(self) -> dict[int, str]:
+        """Why each front model is on the front, in words.
+
+        ``highest accuracy`` / ``lowest flops`` for a model that is the best on an objective;
+        otherwise what it wins given its other values, e.g. ``best accuracy at flops <= 2e+05``
+        (every model with at most its flops is less accurate: that is what non-dominated means).
+        """
+        if not self.points:
+            return {}
+        pool = self.candidates or self.points
+        dirs = self.directions
+        sign = {n: (-1.0 if d == "maximize" else 1.0) for n, d in dirs.items()}
+        best = {n: min(sign[n] * p.metrics[n] for p in pool) for n in dirs}
+        main = next((n for n, d in dirs.items() if d == "maximize"), next(iter(dirs)))
+        out = {}
+        for p in self.points:
+            wins = [
+                ("highest " if dirs[n] == "maximize" else "lowest ") + n
+                for n in dirs
+                if sign[n] * p.metrics[n] <= best[n]
+            ]
+            if not wins:
+                bounds = ", ".join(
+                    f"{n} {'>=' if dirs[n] == 'maximize' else '<='} {_fmt(p.metrics[n])}"
+                    for n in dirs
+                    if n != main
+                )
+                wins = [f"best {main} at {bounds}"]
+            out[p.number] = ", ".join(wins)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         k = self.knee().number if self.points else None
+        why = self.reasons()
         return {
             "directions": self.directions,
             "where": self.where,
@@ -255,6 +347,7 @@ class Front:
             "front": [
                 {
                     "number": p.number,
+                    "why": why.get(p.number, ""),
                     "params": p.params,
                     "metrics": p.metrics,
                     "compression": p.compression,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nas.front import Front
 
+_LEFT = ("run", "compression", "why on the front")  # text columns
 _ORDER = ("accuracy", "test_accuracy", "flops", "params", "size_bytes", "latency_ms")
 
 
@@ -27,8 +28,15 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
         max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
         for i, c in enumerate(columns)
     ]
-    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))
-    body = ["  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+
+    def just(x: str, w: int, c: str) -> str:
+        return x.ljust(w) if c in _LEFT else x.rjust(w)
+
+    line = "  ".join(just(c, w, c) for c, w in zip(columns, widths, strict=True)).rstrip()
+    body = [
+        "  ".join(just(x, w, c) for x, w, c in zip(row, widths, columns, strict=True)).rstrip()
+        for row in cells
+    ]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
 
 
@@ -57,20 +65,28 @@ def describe_compression(compression: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def front_table(front: Front) -> str:
+def front_table(front: Front, selected: int | None = None) -> str:
+    """The front as a table: metrics, compression, and why each model is on the front.
+
+    ``selected`` (a trial number) is marked with ``>``.
+    """
     knee = front.knee().number if front.points else None
     compressed = any(p.compression for p in front.points)
+    why = front.reasons()
     rows = [
         {
-            "trial": f"{p.number}{' (knee)' if p.number == knee else ''}",
+            "trial": f"{'> ' if p.number == selected else ''}{p.number}"
+            f"{' (knee)' if p.number == knee else ''}",
             **p.metrics,
             "compression": describe_compression(p.compression),
+            "why on the front": why.get(p.number, ""),
         }
         for p in front.points
     ]
     cols = ["trial", *metric_columns(front.directions, [p.metrics for p in front.points])]
     if compressed:
         cols.append("compression")
+    cols.append("why on the front")
     head = (
         f"{len(front.points)} model(s) on the front of {len(front.candidates)} feasible "
         f"trial(s); hypervolume {front.hypervolume:.4f}"

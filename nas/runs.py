@@ -18,7 +18,7 @@ from nas.compress import parse_compression
 from nas.config import Experiment, load_experiment, parse_experiment
 from nas.data import Splits, load_data
 from nas.errors import NasError
-from nas.front import Front
+from nas.front import Front, completed_points, explain_no_match
 from nas.pipeline import ExperimentProblem, directions, preflight, resolve_objectives
 from nas.search import SearchSettings, optimize
 from nas.search._storage import check_url, load_study, open_storage
@@ -105,6 +105,10 @@ class Run:
         study = self.study()
         front = Front.from_study(study, self.directions, where)
         if not front.candidates:
+            feasible, infeasible = completed_points(study)
+            if where and feasible:
+                known = sorted({k for p in feasible + infeasible for k in p.metrics})
+                raise NasError(explain_no_match(where, feasible, known))
             c = counts(study)
             if not (c.complete):
                 raise NasError(
@@ -112,9 +116,8 @@ class Run:
                     f"{c.failed} failed, {c.rejected} rejected); run `nas run` first"
                 )
             raise NasError(
-                f"no feasible trial in {self.dir} matches --where {where!r}; loosen it"
-                if where
-                else f"no feasible trial in {self.dir}; loosen constraints"
+                f"no feasible trial in {self.dir} ({c.complete} completed, each breaks a "
+                f"constraint); loosen the experiment's constraints or run more trials"
             )
         return RunFront(self, front)
 
@@ -143,6 +146,32 @@ class RunFront:
     def knee(self):  # Point
         return self.front.knee()
 
+    def best(self, metric: str):  # Point
+        """The best model on ``metric`` (e.g. ``"accuracy"``) within this (filtered) front."""
+        return self.front.best(metric, metric_direction(metric))
+
+    def select(self, *, best: str | None = None, knee: bool = False):  # Point | None
+        """One model by a rule: ``best=METRIC`` or ``knee=True`` (None when neither is given)."""
+        if best and knee:
+            raise NasError("--best and --knee each select one model; pass only one of them")
+        if best:
+            return self.best(best)
+        return self.knee() if knee else None
+
+    def describe_selection(self, point, *, best: str | None = None) -> str:
+        """``trial 42: best accuracy among 12 feasible models with latency_ms <= 1``."""
+        where = f" with {self.front.where}" if self.front.where else ""
+        n = len(self.front.candidates)
+        if best:
+            return (
+                f"trial {point.number}: best {best} ({point.metrics[best]:.6g}) among {n} "
+                f"feasible model(s){where}"
+            )
+        return (
+            f"trial {point.number}: the knee of the front{where} (closest to the ideal point "
+            f"once each objective is scaled to [0, 1])"
+        )
+
     def table(self) -> str:
         from nas.report import front_table
 
@@ -157,6 +186,14 @@ class RunFront:
         from nas.export import export_selected
 
         return export_selected(self.run, self.front, to, select, progress=progress)
+
+
+def metric_direction(metric: str) -> str | None:
+    """The direction of a registered objective (``test_accuracy`` is ``accuracy``'s)."""
+    from objectives import OBJECTIVES
+
+    base = metric.removeprefix("test_")
+    return OBJECTIVES.get(base).direction if base in OBJECTIVES else None
 
 
 def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -> Run:
