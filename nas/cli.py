@@ -1,4 +1,5 @@
-"""The ``nas`` command: run | worker | front | export | spaces | objectives | techniques.
+"""The ``nas`` command: run | worker | front | export | report | compare | dashboard | spaces |
+objectives | techniques.
 
 Bad input prints one line (``error: <what is wrong>; <the fix>``) to stderr and exits with 2.
 """
@@ -22,7 +23,8 @@ def cli() -> None:
     \b
       nas run experiments/fashion_mnist.yaml --workers 2
       nas front runs/fashion-mnist --where "flops <= 2e6"
-      nas export runs/fashion-mnist --select knee --to out/
+      nas export runs/fashion-mnist --best accuracy --where "flops <= 2e6" --to out/
+      nas report runs/fashion-mnist
     """
 
 
@@ -79,7 +81,7 @@ def run(
     )
     rf = r.front()
     click.echo(rf.table())
-    click.echo(f"run folder: {r.dir} (front.json, pareto.png)")
+    click.echo(f"run folder: {r.dir} (front.json, pareto.png); `nas report {r.dir}` for HTML")
     if do_export:
         dirs = rf.export(progress=not quiet)
         click.echo(f"exported {len(dirs)} model(s) to {dirs[0].parent if dirs else '-'}")
@@ -97,37 +99,127 @@ def worker(run_dir: Path, workers: int | None, quiet: bool) -> None:
     click.echo(f"run folder: {r.dir}: the search has its trials")
 
 
+_BEST = click.option(
+    "--best",
+    metavar="METRIC",
+    help='Select the best model on METRIC (with --where: under those bounds), e.g. "accuracy".',
+)
+_KNEE = click.option("--knee", is_flag=True, help="Select the knee of the front.")
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--where", help='Filter, e.g. "flops <= 2e6 and accuracy >= 0.9".')
+@_BEST
+@_KNEE
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
-def front(run_dir: Path, where: str | None, as_json: bool) -> None:
-    """Print the Pareto front of RUN_DIR and write RUN_DIR/pareto.png."""
+def front(run_dir: Path, where: str | None, best: str | None, knee: bool, as_json: bool) -> None:
+    """Print the Pareto front of RUN_DIR (why each model is on it); write RUN_DIR/pareto.png.
+
+    \b
+      nas front runs/fashion-mnist --best accuracy --where "latency_ms <= 1"
+    """
     from nas.runs import Run
 
     rf = Run.open(run_dir).front(where)
+    chosen = rf.select(best=best, knee=knee)
     png = rf.front.plot(run_dir / "pareto.png")
     if as_json:
-        click.echo(json.dumps(rf.front.to_dict(), indent=2))
-    else:
-        click.echo(rf.table())
-        click.echo(f"plot: {png}")
+        out = rf.front.to_dict()
+        if chosen is not None:
+            out["selected"] = chosen.number
+        click.echo(json.dumps(out, indent=2))
+        return
+    from nas.report import front_table
+
+    click.echo(front_table(rf.front, selected=chosen.number if chosen else None))
+    if chosen is not None:
+        click.echo("selected: " + rf.describe_selection(chosen, best=best))
+    click.echo(f"plot: {png}")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--select", default=None, help="front (default), knee, or trial numbers, e.g. '3 7'.")
 @click.option("--where", help='Restrict the front first, e.g. "latency_ms <= 1".')
+@_BEST
+@_KNEE
 @click.option("--to", type=click.Path(path_type=Path), help="Folder (default RUN_DIR/exports).")
 @click.option("-q", "--quiet", is_flag=True)
 def export(
-    run_dir: Path, select: str | None, where: str | None, to: Path | None, quiet: bool
+    run_dir: Path,
+    select: str | None,
+    where: str | None,
+    best: str | None,
+    knee: bool,
+    to: Path | None,
+    quiet: bool,
 ) -> None:
-    """Export selected models of RUN_DIR (ONNX, safetensors, config, metrics), re-verified."""
+    """Export selected models of RUN_DIR (ONNX, safetensors, config, metrics), re-verified.
+
+    \b
+      nas export runs/fashion-mnist --best accuracy --where "flops <= 1e5" --to out/
+    """
     from nas.runs import Run
 
-    dirs = Run.open(run_dir).front(where).export(to, select, progress=not quiet)
+    rf = Run.open(run_dir).front(where)
+    chosen = rf.select(best=best, knee=knee)
+    if chosen is not None:
+        if select is not None:
+            raise NasError("--select and --best/--knee both choose models; pass one of them")
+        click.echo("selected: " + rf.describe_selection(chosen, best=best))
+        select = str(chosen.number)
+    dirs = rf.export(to, select, progress=not quiet)
     click.echo(f"exported {len(dirs)} model(s) to {dirs[0].parent if dirs else '-'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--to", type=click.Path(path_type=Path), help="HTML file (default RUN_DIR/report.html)."
+)
+def report(run_dir: Path, to: Path | None) -> None:
+    """Write one self-contained HTML report of RUN_DIR (opens offline): Pareto plots, the front,
+    hypervolume over trials, parameter importances, compression statistics."""
+    from nas.html_report import write_report
+    from nas.runs import Run
+
+    path = write_report(Run.open(run_dir), to)
+    click.echo(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--to",
+    type=click.Path(path_type=Path),
+    default=Path("compare.html"),
+    show_default=True,
+    help="Output: .html (interactive) or .png.",
+)
+def compare(run_dirs: tuple[Path, ...], to: Path) -> None:
+    """Fronts of several runs on one plot; each run's hypervolume under one reference point.
+
+    \b
+      nas compare runs/with-compression runs/without --to compare.html
+    """
+    from nas.html_report import compare as compare_runs
+    from nas.report import table
+
+    path, rows = compare_runs(run_dirs, to)
+    click.echo(table(rows, ["run", "models", "feasible", "hypervolume"]))
+    click.echo(f"plot: {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
+def dashboard(run_dir: Path, port: int) -> None:
+    """Serve optuna-dashboard on RUN_DIR's study at http://127.0.0.1:PORT (Ctrl-C stops it)."""
+    from nas.dashboard import serve_dashboard
+    from nas.runs import Run
+
+    serve_dashboard(Run.open(run_dir), port, announce=click.echo)
 
 
 @cli.command()
