@@ -178,14 +178,17 @@ class Plot:
         y = self.height - 22
         for s in self.series:
             label = f"{s.label} ({len(s.xs)})" if s.kind == "scatter" else s.label
+            if len(label) > 44:
+                label = "\u2026" + label[-43:]
+            w = 22 + 6.2 * len(label)
+            if x > left and x + w > self.width:
+                x, y = float(left), y + 15
             out.append(
                 f'<g class="legend-item" data-series="{escape(s.key or s.label)}">'
                 + _marker(s.marker if s.kind != "step" else "square", x + 5, y, 4.5, s.color, None)
                 + f'<text x="{x + 13:.1f}" y="{y + 4:.1f}">{escape(label)}</text></g>'
             )
-            x += 22 + 6.2 * len(label)
-            if x > self.width - 90:
-                x, y = float(left), y + 15
+            x += w
         out.append("</g>")
         return "".join(out)
 

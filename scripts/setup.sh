@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up, idempotent: .venv, torch (CPU), the project with its dev extra, and the Debian
-# dataset package for Fashion-MNIST. Used by `make demo` and `make test`.
+# packages: the Fashion-MNIST dataset, PostgreSQL (shared studies), chromium (the report test).
+# Used by `make demo` and `make test`.
 #   TORCH_SPEC  torch requirement to install first (default torch==2.13.0, the CPU build here)
 #   PYTHON      interpreter for the venv (default python3)
 set -euo pipefail
@@ -50,5 +51,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     else
         echo "[setup] note: PostgreSQL is missing; as root run 'apt-get install postgresql'" \
              "(the shared-study tests are skipped)" >&2
+    fi
+fi
+
+# Headless chromium: the test that renders `nas report` output in a real browser (skipped without it)
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[setup] installing the Debian package chromium"
+        (apt-get install -y -q chromium >/dev/null 2>&1) || {
+            apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+    else
+        echo "[setup] note: chromium is missing; as root run 'apt-get install chromium'" \
+             "(the browser test of the HTML report is skipped)" >&2
     fi
 fi

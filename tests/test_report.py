@@ -14,11 +14,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import experiment
 
 from nas.cli import main
 from nas.front import Front
+from nas.html_report import browser_check, find_chromium
 from nas.runs import Run
+from tests.conftest import experiment
 
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize"}
 
@@ -89,46 +90,21 @@ def test_hypervolume_history_ends_at_the_front_hypervolume(mixed_run: Path) -> N
 
 
 @pytest.mark.skipif(
-    not shutil.which("chromium"),
-    reason="chromium is not installed (as root: apt-get install chromium; `make test` installs it)",
+    find_chromium() is None,
+    reason="chromium is not installed (as root: apt-get install chromium; `make test` does it)",
 )
 def test_report_renders_in_headless_chromium(
     mixed_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, html = _report(mixed_run, tmp_path, capsys)
     n_plots = html.count('<svg class="plot"')
-    shot = tmp_path / "shot.png"
-    base = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        "--window-size=1400,2400",
-        f"file://{path}",
-    ]
-    dom = subprocess.run(
-        [*base[:-1], "--dump-dom", base[-1]], capture_output=True, text=True, timeout=120
-    )
-    # the report's script ran and found every plot with drawn markers
-    assert f'data-plots-drawn="{n_plots}"' in dom.stdout, dom.stderr[-2000:]
-    subprocess.run(
-        [*base[:-1], f"--screenshot={shot}", base[-1]], capture_output=True, timeout=120, check=True
-    )
-    import matplotlib.image
-
-    img = matplotlib.image.imread(str(shot))[..., :3]
-    assert img.shape[0] >= 2000 and img.shape[1] == 1400
-
-    def pixels(hex_color: str) -> int:
-        rgb = [int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-        return int((abs(img - rgb).max(axis=-1) < 0.06).sum())
-
-    from nas.html_report import FRONT, INFEASIBLE
-
-    # front markers (and curves) and infeasible crosses are on screen, not just in the source
-    assert pixels(FRONT) > 200 * n_plots, pixels(FRONT)
-    assert pixels(INFEASIBLE) > 20, pixels(INFEASIBLE)
+    seen = browser_check(path, tmp_path / "shot.png")
+    # the page's script ran and found every plot drawn with markers
+    assert seen["plots"] == seen["plots_drawn"] == n_plots == 4, seen
+    assert seen["screenshot_width"] == 1400
+    # front markers and curves, and infeasible crosses, are on screen, not only in the source
+    assert seen["front_pixels"] > 200 * n_plots, seen
+    assert seen["infeasible_pixels"] > 20, seen
 
 
 def test_front_table_says_why_and_best_selects_under_where(
