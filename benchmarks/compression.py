@@ -1,11 +1,13 @@
 """Compression knobs on fixed architectures: accuracy, cost and measured latency.
 
     python benchmarks/compression.py [--epochs 3] [--train 20000]
+    python benchmarks/compression.py --configs filters --name filter_pruning   # some rows only
 
 For one fixed ``cnn`` and one fixed ``mobilenet`` on Fashion-MNIST: the baseline, network slimming
 at several ratios (one sparsity training, then slim + fine-tune per ratio), low-rank at several
 ranks (kept channels and ranks rounded to multiples of 8, the search's default, and once
-without, to show why), and bit widths (8 = real int8 in onnxruntime, 4 = packed weights,
+without, to show why), filter pruning of half the prunable channels by each importance
+criterion, and bit widths (8 = real int8 in onnxruntime, 4 = packed weights,
 simulated compute). Every row is measured the way the search measures: test accuracy of the
 deployed model, fvcore multiply-adds, params, size_bytes, onnxruntime latency at batch 1 and 64
 with 1 thread (median).
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas import onnx_utils  # noqa: E402
-from nas.compress import Context, get  # noqa: E402
+from nas.compress import ORDER, Context, get  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
 from nas.data import load_data  # noqa: E402
 from nas.pipeline import (  # noqa: E402
@@ -80,6 +82,10 @@ ROWS = [
     ("lowrank 0.5", {"lowrank": {"rank": 0.5, "round_to": 8}}),
     ("lowrank 0.5, ranks not rounded", {"lowrank": {"rank": 0.5, "round_to": 1}}),
     ("lowrank 0.25", {"lowrank": {"rank": 0.25, "round_to": 8}}),
+    *[
+        (f"filters 0.5 {c}", {"filter_pruning": {"ratio": 0.5, "criterion": c, "round_to": 8}})
+        for c in ("l1", "l2", "fpgm", "taylor")
+    ],
     ("int8", {"quantize": {"bits": 8}}),
     ("4-bit (simulated)", {"quantize": {"bits": 4}}),
     (
@@ -120,12 +126,14 @@ def time_all(rows: list[dict], shape: tuple[int, ...], rounds: int = 5) -> None:
             r[key] = t
 
 
-def run_arch(name: str, splits, cfg: TrainConfig, finetune: float) -> list[dict]:
+def run_arch(
+    name: str, splits, cfg: TrainConfig, finetune: float, configs: list[str]
+) -> list[dict]:
     shape = splits.input_shape
     base = rebuild(resolve_space(name), ARCHS[name], input_shape=shape, num_classes=10)
     trained: dict[float, torch.nn.Module] = {}  # by slimming strength (0 = plain training)
     rows = []
-    for label, compression in ROWS:
+    for label, compression in [r for r in ROWS if any(r[0].startswith(c) for c in configs)]:
         strength = compression.get("slimming", {}).get("strength", 0.0)
         if strength not in trained:
             model = copy.deepcopy(base)
@@ -139,14 +147,25 @@ def run_arch(name: str, splits, cfg: TrainConfig, finetune: float) -> list[dict]
             )
             trained[strength] = model
         model = copy.deepcopy(trained[strength])
-        ctx = Context(shape, splits.train.x[:CALIBRATION_EXAMPLES])
-        for tech in ("slimming", "lowrank", "quantize"):
+        ctx = Context(
+            shape,
+            splits.train.x[:CALIBRATION_EXAMPLES],
+            calib_y=splits.train.y[:CALIBRATION_EXAMPLES],
+        )
+        for tech in ORDER:
             if tech in compression:
                 model = get(tech).apply(model, compression[tech], ctx)
+        before_ft = None
         if compression:
+            before_ft = evaluate(model, splits.test)
             train(model, splits.train, finetune_config(cfg, finetune), seed=1)
         model.nas_compression = compression
-        row = {"arch": name, "config": label, **measure(model, compression, splits, shape)}
+        row = {
+            "arch": name,
+            "config": label,
+            **measure(model, compression, splits, shape),
+            "test_accuracy_before_finetune": before_ft,
+        }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "onnx"}), flush=True)
     time_all(rows, shape)
@@ -169,11 +188,17 @@ def main() -> None:
     ap.add_argument("--finetune", type=float, default=1)
     ap.add_argument("--train", type=int, default=20000)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument(
+        "--configs", nargs="+", default=[""], help="only rows whose label starts with one of these"
+    )
+    ap.add_argument("--name", default="compression", help="results/NAME.json and NAME.md")
     args = ap.parse_args()
+    if args.configs[0] != "" and "baseline" not in args.configs:
+        args.configs.insert(0, "baseline")  # the reductions are relative to it
     torch.set_num_threads(2)
     splits = load_data(DataConfig(name="fashion-mnist", subset=Subset(train=args.train)))
     cfg = TrainConfig(epochs=args.epochs, lr=0.004)
-    rows = [r for a in args.archs for r in run_arch(a, splits, cfg, args.finetune)]
+    rows = [r for a in args.archs for r in run_arch(a, splits, cfg, args.finetune, args.configs)]
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -184,7 +209,7 @@ def main() -> None:
         f"{args.finetune} epoch fine-tune after compression; latency: onnxruntime, "
         f"1 thread, median of repeats, min over 5 interleaved rounds",
     }
-    (out / "compression.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -196,19 +221,20 @@ def main() -> None:
         "",
         meta["recipe"],
         "",
-        "| arch | config | test acc | MACs | params | size B | lat b1 ms | lat b64 ms "
-        "| FLOPs -% | lat b64 -% | lat/FLOPs reduction |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arch | config | test acc | acc before fine-tune | MACs | params | size B | lat b1 ms "
+        "| lat b64 ms | FLOPs -% | lat b64 -% | lat/FLOPs reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arch']} | {r['config']} | {r['test_accuracy']:.4f} | {r['flops']:.0f} | "
+            f"| {r['arch']} | {r['config']} | {r['test_accuracy']:.4f} | "
+            f"{f(r['test_accuracy_before_finetune'], '.4f')} | {r['flops']:.0f} | "
             f"{r['params']:.0f} | {r['size_bytes']:.0f} | {r['latency_ms_b1']:.3f} | "
             f"{r['latency_ms_b64']:.2f} | {100 * r['flops_reduction']:.0f} | "
             f"{100 * r['latency_b64_reduction']:.0f} | "
             f"{f(r['latency_over_flops_reduction'], '.2f')} |"
         )
-    (out / "compression.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

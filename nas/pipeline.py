@@ -129,7 +129,12 @@ class ExperimentProblem:
         return self.splits
 
     def context(self) -> Context:
-        return Context(self.data.input_shape, self.data.train.x[:CALIBRATION_EXAMPLES])
+        train = self.data.train
+        return Context(
+            self.data.input_shape,
+            train.x[:CALIBRATION_EXAMPLES],
+            calib_y=train.y[:CALIBRATION_EXAMPLES],
+        )
 
     def _ctx(self, name: str, split: Split | None, onnx: bytes | None) -> MeasureContext:
         spec = self.exp.objectives.get(name)

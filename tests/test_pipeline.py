@@ -8,6 +8,8 @@ import yaml
 from optuna.trial import TrialState
 
 import nas
+import nas.space
+from objectives import count_flops
 from tests.conftest import QUICK, experiment
 
 
@@ -93,6 +95,43 @@ def test_architecture_and_compression_in_one_trial(tmp_path: Path) -> None:
         m = json.loads((d / "metrics.json").read_text())
         assert m["exported"]["test_accuracy"] == m["search"]["test_accuracy"]
         assert m["exported"]["flops"] == m["search"]["flops"]
+
+
+def test_filter_pruning_criteria_are_searched_and_exported(tmp_path: Path) -> None:
+    """filter_pruning on the residual mobilenet space: the criterion is a search parameter, the
+    trained model is physically pruned (fewer MACs than its unpruned architecture) and exports."""
+    import json
+
+    exp = experiment(
+        tmp_path,
+        space={"name": "mobilenet", "args": {"stages": 2, "max_depth": 2, "se": False}},
+        train={"epochs": 2, "batch_size": 64, "lr": 0.01},
+        compression={
+            "filter_pruning": {"ratio": [0.3, 0.6], "criterion": ["l1", "fpgm", "taylor"]}
+        },
+        objectives={"accuracy": "maximize", "flops": "minimize"},
+        search__trials=3,
+        search__workers=1,
+        search__sampler="random",
+    )
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    done = run.study().get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(done) == 3
+    space = nas.space.resolve_space("mobilenet")
+    for t in done:
+        knobs = t.user_attrs["compression"]["filter_pruning"]
+        assert knobs["criterion"] == t.params["filter_pruning.criterion"]
+        arch = {k: v for k, v in t.params.items() if not k.startswith("filter_pruning")}
+        args = {"stages": 2, "max_depth": 2, "se": False}
+        full = nas.space.rebuild(space, arch, input_shape=(1, 8, 8), num_classes=10, args=args)
+        assert t.user_attrs["metrics"]["flops"] < count_flops(full, (1, 8, 8))
+    dirs = run.front().export(
+        tmp_path / "out", select=" ".join(str(t.number) for t in done), progress=False
+    )
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["exported"]["flops"] == m["search"]["flops"]
+        assert m["exported"]["test_accuracy"] == m["search"]["test_accuracy"]
 
 
 def test_candidate_a_technique_cannot_apply_to_is_skipped_with_reason(tmp_path: Path) -> None:

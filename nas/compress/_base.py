@@ -28,19 +28,24 @@ class Knob:
     """One knob: its type, the domain it must lie in, and a default search range."""
 
     name: str
-    kind: Literal["float", "int"]
+    kind: Literal["float", "int", "choice"]  # choice: one of ``options`` (strings)
     domain: tuple[float, float]
-    default: tuple[float, float]
+    default: tuple[Any, ...]  # a (low, high) range; for a choice knob the options searched
     open_low: bool = False  # domain excludes its low end (e.g. rank > 0)
     open_high: bool = False  # domain excludes its high end (e.g. ratio < 1)
     log: bool = False
     help: str = ""
+    options: tuple[str, ...] = ()
 
     def describe_domain(self) -> str:
+        if self.kind == "choice":
+            return "{" + ", ".join(self.options) + "}"
         lo, hi = self.domain
         return f"{'(' if self.open_low else '['}{lo:g}, {hi:g}{')' if self.open_high else ']'}"
 
-    def inside(self, v: float) -> bool:
+    def inside(self, v: Any) -> bool:
+        if self.kind == "choice":
+            return v in self.options
         lo, hi = self.domain
         return (lo < v if self.open_low else lo <= v) and (v < hi if self.open_high else v <= hi)
 
@@ -66,10 +71,10 @@ class KnobRange:
 
     low: float | None = None
     high: float | None = None
-    choices: tuple[float, ...] | None = None
+    choices: tuple[Any, ...] | None = None
 
     @property
-    def fixed(self) -> float | None:
+    def fixed(self) -> Any:
         if self.choices is not None and len(self.choices) == 1:
             return self.choices[0]
         if self.low is not None and self.low == self.high:
@@ -95,6 +100,7 @@ class Context:
     input_shape: tuple[int, ...]
     calib_x: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    calib_y: torch.Tensor | None = None  # labels of calib_x (e.g. for gradient criteria)
 
 
 class Technique:
@@ -138,6 +144,18 @@ class Technique:
     def _parse_knob(self, knob: Knob, value: Any) -> KnobRange:
         where = f"compression.{self.name}.{knob.name}"
         fix = f"use values in {knob.describe_domain()}"
+        if knob.kind == "choice":
+            if isinstance(value, Mapping) and set(value) == {"choices"}:
+                value = value["choices"]
+            many = isinstance(value, Sequence) and not isinstance(value, str)
+            values = list(value) if many else [value]
+            bad = [v for v in values if not knob.inside(v)] or ([] if values else [value])
+            if bad:
+                raise NasError(
+                    f"{where}: {bad[0]!r} is not one of {knob.describe_domain()}; pick from "
+                    f"them (a list searches several)"
+                )
+            return KnobRange(choices=tuple(values))
         if isinstance(value, Mapping) and set(value) == {"choices"}:
             values = list(value["choices"])
             rng = KnobRange(choices=tuple(values))
@@ -222,6 +240,8 @@ class Technique:
 
 def _suggest(trial: optuna.trial.BaseTrial, name: str, knob: Knob, rng: KnobRange) -> Any:
     if rng.fixed is not None:
+        if knob.kind == "choice":
+            return rng.fixed
         return int(rng.fixed) if knob.kind == "int" else float(rng.fixed)
     if rng.choices is not None:
         return trial.suggest_categorical(name, list(rng.choices))

@@ -51,7 +51,15 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["bn_l1_penalty", "slim", "slimmable_bns", "slimming_groups"]
+__all__ = [
+    "bn_l1_penalty",
+    "cut",
+    "prunable_groups",
+    "select_channels",
+    "slim",
+    "slimmable_bns",
+    "slimming_groups",
+]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -166,6 +174,11 @@ class _Group:
     size: int
     bns: list[str]  # affine BatchNorms in the group, in graph order (sliced, penalised)
     paths: _Paths  # how consumers read the channels: see _Info.paths
+
+    @property
+    def producers(self) -> list[str]:
+        """The convs / Linears whose output channels (filters, neurons) this group is."""
+        return [m.name for m in self.members if m.kind in (_CONV_OUT, _LINEAR_OUT)]
 
     def scores(self, model: nn.Module) -> torch.Tensor:
         """Per channel: max over read paths of the min |gamma| along the path."""
@@ -436,6 +449,8 @@ class _Walker:
             self.same(node, src, rank=2, pooled=False)
         else:
             self.opaque(node)
+            if start == 1 and end == -1:  # channels mixed with positions, but a 2-D tensor:
+                self.info[node].rank = 2  # a Linear after it still starts a prunable group
 
     def mean(self, node: torch.fx.Node, src: torch.fx.Node) -> None:
         """``x.mean(dims)`` over every spatial dim is global average pooling."""
@@ -455,10 +470,19 @@ class _Walker:
         self.same(node, src, rank=rank if keepdim else 2, pooled=keepdim)
 
 
-def _analyse(model: nn.Module) -> list[_Group]:
-    """The slimmable channel groups of ``model``, in graph order."""
+def _analyse(model: nn.Module, *, need_bn: bool = True) -> list[_Group]:
+    """The slimmable channel groups of ``model`` (``need_bn=False``: the prunable ones)."""
     graph = _trace(model).graph
-    return _groups(model, _Walker(model).run(graph))
+    return _groups(model, _Walker(model).run(graph), need_bn=need_bn)
+
+
+def prunable_groups(model: nn.Module) -> list[_Group]:
+    """Channel groups whose channels can be removed together, BatchNorm or not (graph order).
+
+    Each group's ``producers`` are the convs / Linears whose filters or neurons it is; ``members``
+    every layer sliced with them. ``ValueError`` when ``torch.fx`` cannot trace the model.
+    """
+    return _analyse(model, need_bn=False)
 
 
 def _channels(module: nn.Module, kind: str) -> int:
@@ -473,7 +497,7 @@ def _channels(module: nn.Module, kind: str) -> int:
     return module.in_features
 
 
-def _groups(model: nn.Module, uf: _Analysis) -> list[_Group]:
+def _groups(model: nn.Module, uf: _Analysis, *, need_bn: bool = True) -> list[_Group]:
     out = []
     for g in range(len(uf.parent)):
         if uf.find(g) != g or uf.pinned[g] or not uf.members[g]:
@@ -488,7 +512,10 @@ def _groups(model: nn.Module, uf: _Analysis) -> list[_Group]:
             if m.kind == _BATCHNORM and model.get_submodule(m.name).weight is not None
         ]
         paths = _minimal(uf.reads[g])
-        if bns and paths and frozenset() not in paths:  # every read has passed a BN
+        if not need_bn:
+            if any(m.kind in (_CONV_OUT, _LINEAR_OUT) for m in members):
+                out.append(_Group(members, sizes.pop(), bns, paths))
+        elif bns and paths and frozenset() not in paths:  # every read has passed a BN
             out.append(_Group(members, sizes.pop(), bns, paths))
     return out
 
@@ -559,7 +586,7 @@ def bn_l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
 def _check_ratio(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(
-            f"slim: {name} must be a fraction in [0, 1] of channels to remove, got "
+            f"{name} must be a fraction in [0, 1] of channels to remove, got "
             f"{name}={value!r}; pass e.g. 0.5"
         )
     return float(value)
@@ -602,18 +629,22 @@ def _per_layer_keep(
     scores: list[list[float]],
     per_layer: Mapping[str, float],
     min_channels: int,
+    names: Sequence[Sequence[str]] | None = None,
+    who: str = "slim",
 ) -> list[list[int]]:
-    valid = {name for g in groups for name in g.bns}
+    """``names[i]``: the layer names that address group i (default: its BatchNorms)."""
+    names = names if names is not None else [g.bns for g in groups]
+    valid = {name for ns in names for name in ns}
     unknown = [k for k in per_layer if k not in valid]
     if unknown:
         raise ValueError(
-            f"slim: per_layer names a BatchNorm that cannot be slimmed: {unknown[0]!r}; "
-            f"valid names (slimmable_bns(model)): {sorted(valid)}"
+            f"{who}: per_layer names a layer that cannot be pruned: {unknown[0]!r}; "
+            f"valid names: {sorted(valid)}"
         )
     ratios = {k: _check_ratio(f"per_layer[{k!r}]", v) for k, v in per_layer.items()}
     keep = []
-    for g, s in zip(groups, scores, strict=True):
-        asked = [ratios[n] for n in g.bns if n in ratios]
+    for g, s, ns in zip(groups, scores, names, strict=True):
+        asked = [ratios[n] for n in ns if n in ratios]
         ratio = sum(asked) / len(asked) if asked else 0.0  # tied BNs: their mean ratio
         n_remove = min(math.floor(ratio * g.size + 1e-9), g.size - min(min_channels, g.size))
         removed = set(_order(s)[:n_remove])
@@ -748,7 +779,36 @@ def slim(
             f"slim: round_to must be an int >= 1, got round_to={round_to!r}; pass e.g. 4"
         )
     keep = _round_keep(groups, scores, keep, round_to)
+    return cut(model, groups, keep, input_shape)
 
+
+def select_channels(
+    groups: list[_Group],
+    scores: list[list[float]],
+    *,
+    ratio: float,
+    per_layer: Mapping[str, float] | None = None,
+    names: Sequence[Sequence[str]] | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    who: str = "prune",
+) -> list[list[int]]:
+    """The channels each group keeps: the ``ratio`` lowest-scoring ones of all groups removed
+    (one global ranking), or per group by ``per_layer[name]`` (``names[i]`` address group i);
+    at least ``min_channels`` kept per group, kept counts rounded up to ``round_to``."""
+    ratio = _check_ratio("ratio", ratio)
+    if per_layer is not None:
+        keep = _per_layer_keep(groups, scores, per_layer, min_channels, names, who)
+    else:
+        keep = _global_keep(groups, scores, ratio, min_channels)
+    return _round_keep(groups, scores, keep, round_to)
+
+
+def cut(
+    model: nn.Module, groups: list[_Group], keep: list[list[int]], input_shape: tuple[int, ...]
+) -> nn.Module:
+    """A NEW model with only the ``keep[i]`` channels of each group (every member sliced);
+    checked to give outputs of the original shapes."""
     reference = _output_shapes(model, input_shape)
     new = copy.deepcopy(model)
     for g, kept in zip(groups, keep, strict=True):
@@ -760,7 +820,7 @@ def slim(
     got = _output_shapes(new, input_shape)
     if got != reference:
         raise RuntimeError(
-            f"slim: output shapes changed from {reference} to {got}; this is a bug in the "
-            "channel-dependency analysis, please report it with the model"
+            f"output shapes changed from {reference} to {got} after removing channels; this "
+            "is a bug in the channel-dependency analysis, please report it with the model"
         )
     return new

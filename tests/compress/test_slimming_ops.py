@@ -234,7 +234,7 @@ def test_per_layer_prunes_only_the_named_group() -> None:
     gammas = _bn(model, first).weight.detach()
     kept = sorted(gammas.tolist(), reverse=True)[: _bn(out, first).num_features]
     assert sorted(_bn(out, first).weight.tolist(), reverse=True) == kept  # largest |gamma| kept
-    with pytest.raises(ValueError, match="cannot be slimmed"):
+    with pytest.raises(ValueError, match="cannot be pruned"):
         slim(model, 0.0, shape, per_layer={"features.99": 0.5})
 
 

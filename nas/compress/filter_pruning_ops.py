@@ -1,0 +1,157 @@
+"""Structured (filter) pruning: remove whole filters / neurons ranked by an importance criterion.
+
+The channels that must go together come from the same ``torch.fx`` dependency analysis as network
+slimming (:mod:`nas.compress.slimming_ops`), without its BatchNorm requirement: a conv's filters
+are removed with the matching BN entries, the depthwise filters they feed, the input channels of
+every layer that reads them and, across a residual add or a squeeze-excite product, with every
+other layer tied to the same channels. What the analysis does not understand (concat, grouped
+non-depthwise convs, reshapes, the model's input and output) is *kept*, never pruned wrongly.
+
+Criteria (score of one output channel ``c`` of a producing layer with weight ``W``):
+
+- ``l1``: ``sum |W[c]|`` (Li et al. 2017, "Pruning Filters for Efficient ConvNets");
+- ``l2``: ``||W[c]||_2``;
+- ``fpgm``: ``sum_j ||W[c] - W[j]||_2``, the distance to the layer's other filters; the filters
+  nearest the geometric median are the most replaceable (He et al. 2019, FPGM);
+- ``taylor``: ``(sum_k W[c]_k dL/dW[c]_k)^2`` accumulated over batches of training data, the
+  first-order estimate of the loss change when the filter is removed (Molchanov et al. 2019).
+
+Each layer's scores are divided by their mean, so that layers of different scales rank together;
+a group with several producers (a residual stage) averages its producers' scores. Removal is
+global (one ranking over every prunable channel, ``ratio`` of them removed) or per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.compress.slimming_ops import cut, prunable_groups, select_channels
+
+CRITERIA = ("l1", "l2", "fpgm", "taylor")
+
+__all__ = ["CRITERIA", "channel_scores", "prunable_layers", "prune_filters"]
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """One name per prunable channel group: its first producing conv / Linear (graph order)."""
+    return [g.producers[0] for g in prunable_groups(model)]
+
+
+def _flat(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().float().reshape(w.shape[0], -1)
+
+
+def _layer_scores(
+    w: torch.Tensor, criterion: str, grad: torch.Tensor | None = None
+) -> torch.Tensor:
+    if criterion == "l1":
+        s = _flat(w).abs().sum(1)
+    elif criterion == "l2":
+        s = _flat(w).norm(dim=1)
+    elif criterion == "fpgm":
+        f = _flat(w)
+        s = torch.cdist(f, f).sum(1)
+    else:  # taylor: the squared first-order term, accumulated by the caller
+        assert grad is not None
+        s = grad
+    return s / s.mean().clamp_min(1e-12)
+
+
+def taylor_terms(
+    model: nn.Module, layers: list[str], data: tuple[torch.Tensor, torch.Tensor], batch: int = 64
+) -> dict[str, torch.Tensor]:
+    """Per layer and output channel: sum over batches of ``(sum W * dL/dW)^2`` (cross-entropy)."""
+    x, y = data
+    work = {n: model.get_submodule(n) for n in layers}
+    acc = {n: torch.zeros(m.weight.shape[0]) for n, m in work.items()}
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # BN statistics stay as trained; gradients still flow
+    try:
+        for i in range(0, len(x), batch):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[i : i + batch]), y[i : i + batch]).backward()
+            for n, m in work.items():
+                if m.weight.grad is not None:
+                    acc[n] += _flat(m.weight * m.weight.grad).sum(1).pow(2)
+    finally:
+        model.zero_grad(set_to_none=True)
+        for m, mode in modes.items():
+            m.training = mode
+    return acc
+
+
+def channel_scores(
+    model: nn.Module,
+    criterion: str,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[list[float]]:
+    """Per prunable group (``prunable_groups`` order): a score per channel; low goes first."""
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"filter pruning: unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}"
+        )
+    groups = prunable_groups(model)
+    grads: dict[str, torch.Tensor] = {}
+    if criterion == "taylor":
+        if data is None or len(data[0]) == 0:
+            raise ValueError(
+                "filter pruning: the taylor criterion needs labelled training examples "
+                "(calibration data); none were given"
+            )
+        grads = taylor_terms(model, [n for g in groups for n in g.producers], data)
+    out = []
+    for g in groups:
+        per = [
+            _layer_scores(model.get_submodule(n).weight, criterion, grads.get(n))
+            for n in g.producers
+        ]
+        out.append(torch.stack(per).mean(0).tolist())
+    return out
+
+
+def prune_filters(
+    model: nn.Module,
+    ratio: float,
+    input_shape: tuple[int, ...],
+    *,
+    criterion: str = "l1",
+    per_layer: Mapping[str, float] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+) -> nn.Module:
+    """Return a NEW, physically smaller model with ``ratio`` of its prunable channels removed.
+
+    Args:
+        ratio: fraction of all prunable channels removed by one global ranking (ignored with
+            ``per_layer``).
+        criterion: ``l1``, ``l2``, ``fpgm`` or ``taylor`` (needs ``data``: inputs, labels).
+        per_layer: producing layer name (``prunable_layers``) -> fraction of its group removed.
+        min_channels: channels every group keeps at least.
+        round_to: kept channel counts rounded up to a multiple of this.
+
+    ``ValueError`` when nothing can be pruned, or for arguments out of range.
+    """
+    groups = prunable_groups(model)
+    if not groups:
+        raise ValueError(
+            f"filter pruning: {type(model).__name__} has no prunable channels (every conv / "
+            "Linear output is tied to the model's output, a concat, a reshape or another op "
+            "whose channels cannot shrink)"
+        )
+    scores = channel_scores(model, criterion, data)
+    keep = select_channels(
+        groups,
+        scores,
+        ratio=ratio,
+        per_layer=per_layer,
+        names=[g.producers for g in groups],
+        min_channels=min_channels,
+        round_to=round_to,
+        who="filter pruning",
+    )
+    return cut(model, groups, keep, input_shape)
