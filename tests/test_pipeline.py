@@ -132,6 +132,8 @@ def test_filter_pruning_criteria_are_searched_and_exported(tmp_path: Path) -> No
         m = json.loads((d / "metrics.json").read_text())
         assert m["exported"]["flops"] == m["search"]["flops"]
         assert m["exported"]["test_accuracy"] == m["search"]["test_accuracy"]
+        fusion = m["exported"]["fusion"]  # every conv + BN of the mobilenet folded, checked
+        assert fusion["folded_pairs"] > 0 and fusion["max_abs_diff"] <= 1e-5
 
 
 def test_candidate_a_technique_cannot_apply_to_is_skipped_with_reason(tmp_path: Path) -> None:

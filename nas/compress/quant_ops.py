@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.compress.fusion import fold_bn
+from nas.compress.fusion import fuse_verified
 
 __all__ = [
     "ActFakeQuant",
@@ -457,7 +457,7 @@ def export_int8(
         raise ValueError("export_int8: calib_x is empty; pass a few hundred training inputs")
 
     plain = strip_qat(model) if _is_qat(model) else model
-    folded = fold_bn(plain)
+    folded, _ = fuse_verified(plain, calib_x[:256])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -119,3 +119,69 @@ def test_untraceable_model_falls_back_to_sequential_pairs():
     x = torch.randn(2, 1, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=0)
+
+
+class _LinearBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.bn(self.fc(x))))
+
+
+def test_linear_bn_is_folded_and_verified() -> None:
+    from nas.compress.fusion import fuse_verified
+
+    model = _with_bn_statistics(_LinearBN(), (12,))
+    assert foldable_pairs(model) == [("fc", "bn")]
+    folded, report = fuse_verified(model, torch.randn(32, 12))
+    assert isinstance(folded.bn, nn.Identity)
+    assert report["folded_pairs"] == 1 and report["max_abs_diff"] <= 1e-5
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_fusion_that_changes_outputs_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.compress import fusion
+
+    model = _with_bn_statistics(_LinearBN(), (12,))
+    real = fusion._fold_into
+
+    def wrong(conv: nn.Module, bn: nn.Module) -> None:
+        real(conv, bn)
+        conv.bias.data += 1e-3  # a folding bug
+
+    monkeypatch.setattr(fusion, "_fold_into", wrong)
+    with pytest.raises(RuntimeError, match="changed the model's outputs by up to"):
+        fusion.fuse_verified(model, torch.randn(32, 12))
+
+
+@pytest.mark.parametrize("space", ["cnn", "mobilenet", "mlp"])
+def test_onnxruntime_fuses_relu_into_the_folded_conv(space: str, tmp_path) -> None:
+    """conv + BN are folded by us; conv + ReLU by onnxruntime's optimizer (FusedConv)."""
+    import onnx
+    import onnxruntime as ort
+
+    from nas.compress.fusion import fuse_verified
+    from nas.onnx_utils import to_onnx
+    from nas.space import resolve_space
+
+    shape = (1, 16, 16)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    model = _with_bn_statistics(
+        resolve_space(space)(trial, input_shape=shape, num_classes=10), shape
+    )
+    folded, report = fuse_verified(model, torch.randn(16, *shape))
+    assert report["max_abs_diff"] <= 1e-5
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(to_onnx(folded, shape), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert "BatchNormalization" not in ops
+    if space != "mlp":
+        assert "FusedConv" in ops, ops
