@@ -18,6 +18,7 @@ from torch import nn
 
 from nas.compress._base import Context, Knob, Technique, round_to_knob
 from nas.compress.filter_pruning_ops import CRITERIA, prunable_layers, prune_filters
+from nas.compress.slimming_ops import unsupported_ops
 
 
 class FilterPruning(Technique):
@@ -48,6 +49,19 @@ class FilterPruning(Technique):
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
         return prunable_layers(model)
+
+    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+        """An op the dependency analysis does not recognise skips the candidate (its channels
+        would be kept, so the model would still be right, but the user should know)."""
+        unknown = unsupported_ops(model)
+        if unknown:
+            return (
+                f"filter pruning cannot follow channels through {unknown[0]}"
+                + (f" (and {len(unknown) - 1} more op(s))" if len(unknown) > 1 else "")
+                + "; write the model with standard layers (nn.Conv2d, nn.BatchNorm2d, ReLU-like "
+                "activations, pooling, +, *) or drop filter_pruning for this space"
+            )
+        return super().not_applicable(model, input_shape)
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         ratio = knobs["ratio"]

@@ -59,6 +59,7 @@ __all__ = [
     "slim",
     "slimmable_bns",
     "slimming_groups",
+    "unsupported_ops",
 ]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -95,6 +96,35 @@ _CHANNELWISE = (
     nn.Dropout3d,
     nn.AlphaDropout,
 )
+# ops the analysis deliberately keeps the channels of (not unknown: it knows they cannot shrink)
+_KEPT_MODULES = (nn.Unflatten, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.Identity)
+_KEPT_FUNCS = {
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.reshape,
+    torch.transpose,
+    torch.permute,
+    torch.split,
+    torch.chunk,
+    torch.squeeze,
+    torch.unsqueeze,
+}
+_KEPT_METHODS = {
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "split",
+    "chunk",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "expand_as",
+    "repeat",
+    "size",
+    "dim",
+}
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _UNARY_FUNCS = {
     torch.relu,
@@ -208,6 +238,7 @@ class _Analysis:
     members: list[list[_Member]] = field(default_factory=list)
     reads: list[set[frozenset[str]]] = field(default_factory=list)  # paths convs/Linears read
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)  # ops not recognised (their channels kept)
 
     def new(self, *, pinned: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -320,8 +351,11 @@ class _Walker:
     def inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
         return [n for n in node.all_input_nodes if n in self.info]
 
-    def opaque(self, node: torch.fx.Node) -> None:
-        """An op we cannot follow: keep every channel it touches."""
+    def opaque(self, node: torch.fx.Node, *, unknown: bool = False) -> None:
+        """An op we cannot follow: keep every channel it touches (``unknown``: an op the
+        analysis does not recognise at all, recorded in ``uf.unknown``)."""
+        if unknown:
+            self.uf.unknown.append(_describe(node))
         for n in self.inputs(node):
             self.uf.pin(self.info[n].group)
         self.info[node] = _Info(self.uf.new(pinned=True))
@@ -410,7 +444,7 @@ class _Walker:
         elif isinstance(m, nn.Flatten):
             self.flatten(node, first, m.start_dim, m.end_dim)
         else:
-            self.opaque(node)
+            self.opaque(node, unknown=not isinstance(m, _KEPT_MODULES))
 
     def function(self, node: torch.fx.Node, first: torch.fx.Node) -> None:
         target = node.target
@@ -427,7 +461,7 @@ class _Walker:
         elif target is getattr and _arg(node, 1, "name", None) == "shape":
             self.info[node] = _Info(self.uf.new(pinned=True))  # a shape read pins nothing
         else:
-            self.opaque(node)
+            self.opaque(node, unknown=target not in _KEPT_FUNCS)
 
     def method(self, node: torch.fx.Node, first: torch.fx.Node) -> None:
         target = node.target
@@ -440,7 +474,7 @@ class _Walker:
         elif target in _SHAPE_METHODS:
             self.info[node] = _Info(self.uf.new(pinned=True))  # a shape read pins nothing
         else:
-            self.opaque(node)
+            self.opaque(node, unknown=target not in _KEPT_METHODS)
 
     def flatten(self, node: torch.fx.Node, src: torch.fx.Node, start: object, end: object) -> None:
         """Flatten keeps channels 1:1 only when nothing but size-1 dims follow them."""
@@ -468,6 +502,22 @@ class _Walker:
             self.opaque(node)
             return
         self.same(node, src, rank=rank if keepdim else 2, pooled=keepdim)
+
+
+def _describe(node: torch.fx.Node) -> str:
+    target = (
+        node.target
+        if isinstance(node.target, str)
+        else getattr(node.target, "__name__", str(node.target))
+    )
+    where = f"layer {node.target!r}" if node.op == "call_module" else f"node {node.name!r}"
+    return f"{node.op.removeprefix('call_')} {target} at {where}"
+
+
+def unsupported_ops(model: nn.Module) -> list[str]:
+    """Ops of ``model`` the channel analysis does not recognise (it keeps their channels), e.g.
+    ``["function roll at node 'roll'"]``. ``ValueError`` when ``torch.fx`` cannot trace it."""
+    return _Walker(model).run(_trace(model).graph).unknown
 
 
 def _analyse(model: nn.Module, *, need_bn: bool = True) -> list[_Group]:

@@ -152,3 +152,31 @@ def test_what_the_analysis_does_not_understand_is_kept() -> None:
     seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # the only layer makes the output
     with pytest.raises(ValueError, match="no prunable channels"):
         prune_filters(seq, 0.5, SHAPE)
+
+
+class _Rolled(nn.Module):
+    """A model with an op the dependency analysis does not know (torch.roll on the channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.roll(torch.relu(self.a(x)), 1, dims=1)
+        return self.head(self.b(x).mean((2, 3)))
+
+
+def test_an_unknown_op_skips_the_candidate_with_its_name() -> None:
+    from nas.compress import get
+
+    tech = get("filter_pruning")
+    reason = tech.not_applicable(_Rolled(), SHAPE)
+    assert reason is not None and "\n" not in reason
+    assert "function roll at node 'roll'" in reason
+    assert tech.not_applicable(_mobilenet(), SHAPE) is None
+    # called directly, the unknown op's channels are kept: never a wrong model
+    model = _Rolled()
+    out = prune_filters(model, 0.5, SHAPE)
+    assert out.a.out_channels == 4 and out.b.out_channels == 3
