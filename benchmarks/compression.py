@@ -5,14 +5,12 @@
 
 For one fixed ``cnn`` and one fixed ``mobilenet`` on Fashion-MNIST: the baseline, network slimming
 at several ratios (one sparsity training, then slim + fine-tune per ratio), low-rank at several
-ranks (kept channels and ranks rounded to multiples of 8, the search's default, and once
-without, to show why), filter pruning of half the prunable channels by each importance
-criterion, and bit widths (8 = real int8 in onnxruntime, 4 = packed weights,
-simulated compute). Every row is measured the way the search measures: test accuracy of the
-deployed model, fvcore multiply-adds, params, size_bytes, onnxruntime latency at batch 1 and 64
-with 1 thread (median).
-Writes benchmarks/results/compression.json and compression.md.
-"""
+ranks (kept channels and ranks rounded to multiples of 8, the search's default, and once without,
+to show why), filter pruning of half the prunable channels by each importance criterion, Tucker-2
+and CP decompositions at two ranks, and bit widths (8 = real int8 in onnxruntime, 4 = packed
+weights, simulated compute). Every row is measured the way the search measures: test accuracy of
+the deployed model, fvcore multiply-adds, params, size_bytes, onnxruntime latency at batch 1 and 64
+with 1 thread (median). Writes benchmarks/results/compression.json and compression.md."""
 
 from __future__ import annotations
 
@@ -86,6 +84,7 @@ ROWS = [
         (f"filters 0.5 {c}", {"filter_pruning": {"ratio": 0.5, "criterion": c, "round_to": 8}})
         for c in ("l1", "l2", "fpgm", "taylor")
     ],
+    *[(f"{m} {r}", {m: {"rank": r, "round_to": 8}}) for m in ("tucker", "cp") for r in (0.5, 0.25)],
     ("int8", {"quantize": {"bits": 8}}),
     ("4-bit (simulated)", {"quantize": {"bits": 4}}),
     (

@@ -1,8 +1,8 @@
 """Compression techniques, registered by name; ``nas techniques`` lists them with their knobs.
 
 The pipeline applies them in ``ORDER`` (structure first, then quantization for the fine-tune):
-train (with every technique's loss hooks) -> slimming -> filter pruning -> lowrank -> quantize
-(QAT) -> fine-tune.
+train (with every technique's loss hooks) -> slimming -> filter pruning -> lowrank -> tucker ->
+cp -> quantize (QAT) -> fine-tune.
 To add one, subclass :class:`Technique` (``nas/compress/lowrank.py`` is a compact example) and
 register an instance in ``TECHNIQUES``.
 """
@@ -17,19 +17,20 @@ from nas.errors import NasError
 from nas.registry import Registry
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
-ORDER = ("slimming", "filter_pruning", "lowrank", "quantize")
+ORDER = ("slimming", "filter_pruning", "lowrank", "tucker", "cp", "quantize")
 _loaded = False
 
 
 def _load() -> None:
     global _loaded
     if not _loaded:
+        from nas.compress.decompose import CP, Tucker
         from nas.compress.filter_pruning import FilterPruning
         from nas.compress.lowrank import LowRank
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
 
-        for tech in (Slimming(), FilterPruning(), LowRank(), Quantize()):
+        for tech in (Slimming(), FilterPruning(), LowRank(), Tucker(), CP(), Quantize()):
             TECHNIQUES.register(tech.name, tech)
         _loaded = True
 
