@@ -10,10 +10,13 @@ Params sampled from the trial:
     kernel_{i}   kernel size of layer i, from ``kernels``
     pool_{i}     pooling after layer i, from ``pools``; only suggested where the map is >= 4
     batch_norm   only when ``batch_norm="search"``: True or False
+    block_{i}    only when ``blocks`` offers several: "conv" or "ghost" (a ghost module: half the
+                 maps from the conv, half from a cheap depthwise conv on them; even widths)
 
 Keyword args (narrow the space from the experiment YAML):
     min_depth=1, max_depth=4, widths=(8, 16, 24, 32, 48, 64), kernels=(3, 5),
-    batch_norm=True (True, False or "search"), pools=("max", "avg", "none")
+    batch_norm=True (True, False or "search"), pools=("max", "avg", "none"),
+    blocks=("conv",) (add "ghost" to search ghost modules; search_spaces/ghost.py)
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import optuna
 import torch
 from torch import nn
 
+from search_spaces.ghost import GhostModule
+
 _POOLS = ("max", "avg", "none")
+_BLOCKS = ("conv", "ghost")
 _MIN_SIZE_TO_POOL = 4  # a 2x pool leaves a map of at least 2
 
 
@@ -51,6 +57,7 @@ def cnn(
     kernels: Sequence[int] = (3, 5),
     batch_norm: bool | str = True,
     pools: Sequence[str] = _POOLS,
+    blocks: Sequence[str] = ("conv",),
 ) -> nn.Module:
     """Sample a small conv net for ``(B, *input_shape)`` inputs with ``num_classes`` logits."""
     input_shape = _check_input_shape(input_shape)
@@ -71,6 +78,17 @@ def cnn(
                 f"kernels={kernels}; replace {k} with an odd size as in (3, 5)"
             )
     pools = _check_pools(pools)
+    blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
+    if not blocks or any(b not in _BLOCKS for b in blocks):
+        raise ValueError(
+            f"cnn: blocks must be a non-empty subset of {_BLOCKS}, got blocks={blocks}; "
+            "pick from those names"
+        )
+    if "ghost" in blocks and any(w % 2 for w in widths):
+        raise ValueError(
+            f"cnn: ghost blocks need even widths (half primary, half cheap maps), got "
+            f"widths={widths}; use even widths or drop 'ghost' from blocks"
+        )
     if batch_norm not in (True, False, "search"):
         raise ValueError(
             f"cnn: batch_norm must be True, False or 'search', got batch_norm={batch_norm!r}; "
@@ -96,10 +114,16 @@ def cnn(
     for i in range(depth):
         width = trial.suggest_categorical(f"width_{i}", widths)
         kernel = trial.suggest_categorical(f"kernel_{i}", kernels)
-        layers.append(conv_cls(channels, width, kernel, padding=kernel // 2, bias=not use_bn))
-        if use_bn:
-            layers.append(bn_cls(width))
-        layers.append(nn.ReLU())
+        block = blocks[0] if len(blocks) == 1 else trial.suggest_categorical(f"block_{i}", blocks)
+        if block == "ghost":
+            layers.append(
+                GhostModule(channels, width, kernel, bn=bool(use_bn), dims=len(input_shape) - 1)
+            )
+        else:
+            layers.append(conv_cls(channels, width, kernel, padding=kernel // 2, bias=not use_bn))
+            if use_bn:
+                layers.append(bn_cls(width))
+            layers.append(nn.ReLU())
         if min(sizes) >= _MIN_SIZE_TO_POOL:
             pool = trial.suggest_categorical(f"pool_{i}", pools)
             if pool != "none":

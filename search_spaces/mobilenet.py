@@ -13,11 +13,14 @@ Params sampled from the trial:
     depth_s{i}   blocks in stage i, in [min_depth, max_depth]
     expand_s{i}  expansion ratio of stage i's blocks, from ``expansions``
     kernel_s{i}  depthwise kernel of stage i's blocks, from ``kernels``
+    block_s{i}   only when ``blocks`` offers several: "inverted" (inverted residual) or "ghost"
+                 (a ghost bottleneck, search_spaces/ghost.py; no squeeze-excite)
 
 Keyword args (narrow the space from the experiment YAML):
     stages=3, channels=(16, 24, 32, 64, 96) (the first ``stages`` are used), min_depth=1,
     max_depth=3, expansions=(1, 2, 3, 4, 6), kernels=(3, 5, 7), width_mults=(0.25, 0.5, 0.75, 1.0),
-    se="search" (True, False or "search"), head_mult=4.0 (head width = head_mult x last stage width)
+    se="search" (True, False or "search"), head_mult=4.0 (head width = head_mult x last stage
+    width), blocks=("inverted",) (add "ghost" to search ghost bottlenecks)
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import optuna
 import torch
 from torch import nn
 
+from search_spaces.ghost import GhostBottleneck
+
+_BLOCKS = ("inverted", "ghost")
 _BIG_INPUT = 64  # stem stride 2 from this side on
 _MIN_SIZE_TO_STRIDE = 8  # a stride-2 block leaves a map of at least 4
 
@@ -116,6 +122,7 @@ def mobilenet(
     width_mults: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     se: bool | str = "search",
     head_mult: float = 4.0,
+    blocks: Sequence[str] = ("inverted",),
 ) -> nn.Module:
     """Sample a MobileNetV2-style net mapping ``(B, *input_shape)`` to ``(B, num_classes)``."""
     input_shape = tuple(input_shape)
@@ -164,6 +171,13 @@ def mobilenet(
             "pass e.g. 4.0"
         )
 
+    kinds = (blocks,) if isinstance(blocks, str) else tuple(blocks)
+    if not kinds or any(b not in _BLOCKS for b in kinds):
+        raise ValueError(
+            f"mobilenet: blocks must be a non-empty subset of {_BLOCKS}, got blocks={kinds}; "
+            "pick from those names"
+        )
+
     width_mult = trial.suggest_categorical("width_mult", width_mults)
     use_se = trial.suggest_categorical("se", [True, False]) if se == "search" else se
     widths = [_round_channels(c * width_mult) for c in channels[:stages]]
@@ -179,11 +193,16 @@ def mobilenet(
         depth = trial.suggest_int(f"depth_s{s}", min_depth, max_depth)
         expand = trial.suggest_categorical(f"expand_s{s}", expansions)
         kernel = trial.suggest_categorical(f"kernel_s{s}", kernels)
+        kind = kinds[0] if len(kinds) == 1 else trial.suggest_categorical(f"block_s{s}", kinds)
         for b in range(depth):
             stride = 2 if s > 0 and b == 0 and side >= _MIN_SIZE_TO_STRIDE else 1
-            block = InvertedResidual(
-                c_in, c_out, stride=stride, expand=expand, kernel=kernel, se=use_se
-            )
+            block: nn.Module
+            if kind == "ghost":
+                block = GhostBottleneck(c_in, c_out, stride=stride, expand=expand, kernel=kernel)
+            else:
+                block = InvertedResidual(
+                    c_in, c_out, stride=stride, expand=expand, kernel=kernel, se=use_se
+                )
             blocks.append(block)
             side = (side - 1) // stride + 1
             c_in = c_out
