@@ -37,20 +37,45 @@ def weights_path(run_dir: Path, number: int) -> Path:
     return run_dir / WEIGHTS_DIR / f"trial-{number:05d}.safetensors"
 
 
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers by name, a tensor shared by several layers (parameter
+    sharing) once, under its first name."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in model.state_dict(keep_vars=True).items():  # the tensors themselves
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t
+    return out
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
-    """Atomic write (tmp + rename), so a killed worker never leaves a half file under the name."""
-    from safetensors.torch import save_model
+    """safetensors, shared weights stored once; atomic (tmp + rename), so a killed worker never
+    leaves a half file under the name."""
+    from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_model(model, str(tmp))
+    save_file({k: v.detach().contiguous() for k, v in unique_state(model).items()}, str(tmp))
     os.replace(tmp, path)
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    from safetensors.torch import load_model
+    """Load what :func:`save_weights` wrote into ``model`` (built with the same architecture)."""
+    from safetensors.torch import load_file
 
-    load_model(model, str(path))
+    stored = load_file(str(path))
+    want = unique_state(model)
+    missing, extra = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
+    bad = [k for k in want if k in stored and stored[k].shape != want[k].shape]
+    if missing or extra or bad:
+        raise RuntimeError(
+            f"{path} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"other shapes {bad[:3]}"
+        )
+    with torch.no_grad():
+        for k, t in want.items():
+            t.copy_(stored[k])
     return model.eval()
 
 

@@ -15,12 +15,18 @@ Params sampled from the trial:
     kernel_s{i}  depthwise kernel of stage i's blocks, from ``kernels``
     block_s{i}   only when ``blocks`` offers several: "inverted" (inverted residual) or "ghost"
                  (a ghost bottleneck, search_spaces/ghost.py; no squeeze-excite)
+    share        only when ``share="search"``: True or False
 
 Keyword args (narrow the space from the experiment YAML):
     stages=3, channels=(16, 24, 32, 64, 96) (the first ``stages`` are used), min_depth=1,
     max_depth=3, expansions=(1, 2, 3, 4, 6), kernels=(3, 5, 7), width_mults=(0.25, 0.5, 0.75, 1.0),
     se="search" (True, False or "search"), head_mult=4.0 (head width = head_mult x last stage
-    width), blocks=("inverted",) (add "ghost" to search ghost bottlenecks)
+    width), blocks=("inverted",) (add "ghost" to search ghost bottlenecks),
+    share=False (True, False or "search"): parameter sharing across depth. The residual blocks
+    of a stage (stride 1, same width in and out) are one module called ``depth`` times (one set
+    of weights, as in weight-tied / recurrent-depth networks): the same multiply-adds, fewer
+    parameters. ``params`` and ``size_bytes`` count shared weights once; the export keeps one
+    copy (ONNX initializers, safetensors).
 """
 
 from __future__ import annotations
@@ -123,6 +129,7 @@ def mobilenet(
     se: bool | str = "search",
     head_mult: float = 4.0,
     blocks: Sequence[str] = ("inverted",),
+    share: bool | str = False,
 ) -> nn.Module:
     """Sample a MobileNetV2-style net mapping ``(B, *input_shape)`` to ``(B, num_classes)``."""
     input_shape = tuple(input_shape)
@@ -178,8 +185,15 @@ def mobilenet(
             "pick from those names"
         )
 
+    if share not in (True, False, "search"):
+        raise ValueError(
+            f"mobilenet: share must be True, False or 'search', got share={share!r}; use one "
+            "of those"
+        )
+
     width_mult = trial.suggest_categorical("width_mult", width_mults)
     use_se = trial.suggest_categorical("se", [True, False]) if se == "search" else se
+    tied = trial.suggest_categorical("share", [True, False]) if share == "search" else share
     widths = [_round_channels(c * width_mult) for c in channels[:stages]]
 
     c_in, side = input_shape[0], min(input_shape[1:])
@@ -194,15 +208,20 @@ def mobilenet(
         expand = trial.suggest_categorical(f"expand_s{s}", expansions)
         kernel = trial.suggest_categorical(f"kernel_s{s}", kernels)
         kind = kinds[0] if len(kinds) == 1 else trial.suggest_categorical(f"block_s{s}", kinds)
+        repeated: nn.Module | None = None  # the stage's residual block, when shared
         for b in range(depth):
             stride = 2 if s > 0 and b == 0 and side >= _MIN_SIZE_TO_STRIDE else 1
             block: nn.Module
-            if kind == "ghost":
+            if tied and repeated is not None and stride == 1 and c_in == c_out:
+                block = repeated
+            elif kind == "ghost":
                 block = GhostBottleneck(c_in, c_out, stride=stride, expand=expand, kernel=kernel)
             else:
                 block = InvertedResidual(
                     c_in, c_out, stride=stride, expand=expand, kernel=kernel, se=use_se
                 )
+            if tied and repeated is None and stride == 1 and c_in == c_out:
+                repeated = block
             blocks.append(block)
             side = (side - 1) // stride + 1
             c_in = c_out
