@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from nas.compress import Context, Settings, Technique, parse_compression
+from nas.compress.distill import TEACHER_LOGITS
 from nas.config import Bound, Experiment, TrainConfig
 from nas.data import Split, Splits, load_data
 from nas.errors import NasError
 from nas.search._fidelity import MOASHA
 from nas.search._problem import Rejected
 from nas.space import Space, build_model, resolve_space
-from nas.train import evaluate, seed_everything, total_steps, train
+from nas.teacher import LARGEST, check_teacher, teacher_logits
+from nas.train import Criterion, evaluate, seed_everything, total_steps, train
 from objectives import OBJECTIVES, MeasureContext, Objective
 
 WEIGHTS_DIR = "weights"
@@ -111,7 +113,8 @@ class Candidate:
     plan: list[Step]
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        return {s.technique.name: s.knobs for s in self.plan}
+        """What compresses the model (training options such as distillation are not in it)."""
+        return {s.technique.name: s.knobs for s in self.plan if not s.technique.training_only}
 
 
 @dataclass
@@ -124,8 +127,9 @@ class ExperimentProblem:
     2. cheap metrics on the model as it will be exported (structure from the knobs; slimming's
        channel choice depends on trained gammas, so its cheap metrics are estimates) -> a
        violated hard constraint rejects the candidate before training;
-    3. train, with every technique's loss hooks (e.g. slimming's BN-gamma L1);
-    4. apply the techniques in order (slimming -> lowrank -> quantize), then fine-tune;
+    3. train, with every technique's loss hooks (e.g. slimming's BN-gamma L1) and a training
+       option's loss (distillation from the run's cached teacher);
+    4. apply the techniques in ``nas.compress.ORDER``, then fine-tune;
     5. build the deployed model (int8 ONNX at 8 bits) and measure every metric on it;
     6. save the weights (and the whole module when compression changed its structure).
     """
@@ -237,6 +241,18 @@ class ExperimentProblem:
 
         return on_step
 
+    def _criterion(self, candidate: Candidate, trial: optuna.trial.BaseTrial) -> Criterion | None:
+        """The training loss of a training option (distillation), else None (cross-entropy)."""
+        steps = [s for s in candidate.plan if s.technique.training_only]
+        if not steps:
+            return None
+        (step,) = steps  # one training option per experiment (distill)
+        trial.set_user_attr(step.technique.name, step.knobs)
+        ctx = self.context()
+        spec = str(step.knobs["teacher"])
+        ctx.extra[TEACHER_LOGITS] = teacher_logits(self.exp, self.data, self.run_dir, spec)
+        return step.technique.criterion(step.knobs, ctx)
+
     def evaluate(
         self,
         candidate: Candidate,
@@ -245,11 +261,21 @@ class ExperimentProblem:
     ) -> dict[str, Any]:
         seed = self.exp.search.seed + trial.number
         seed_everything(seed)
-        model, plan, cfg = candidate.model, candidate.plan, self.exp.train
+        model, cfg = candidate.model, self.exp.train
+        plan = [s for s in candidate.plan if not s.technique.training_only]
+        criterion = self._criterion(candidate, trial)
         hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
         on_step = self._rung_reports(model, report) if report is not None else None
         t0 = time.perf_counter()
-        stats = train(model, self.data.train, cfg, seed=seed, loss_hooks=hooks, on_step=on_step)
+        stats = train(
+            model,
+            self.data.train,
+            cfg,
+            seed=seed,
+            loss_hooks=hooks,
+            on_step=on_step,
+            criterion=criterion,
+        )
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_steps", stats["steps"])
         if plan:
@@ -261,7 +287,13 @@ class ExperimentProblem:
             )
             if epochs > 0:
                 t0 = time.perf_counter()
-                train(model, self.data.train, finetune_config(cfg, epochs), seed=seed + 1)
+                train(
+                    model,
+                    self.data.train,
+                    finetune_config(cfg, epochs),
+                    seed=seed + 1,
+                    criterion=criterion,
+                )
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
         compression = candidate.describe()
         plain = as_deployed(model, compression)
@@ -385,3 +417,7 @@ def preflight(exp: Experiment, splits: Splits) -> None:
                 f"compression.{name} cannot apply to space {exp.space.name!r} "
                 f"({reason}); remove it or choose a space it applies to"
             )
+    for tech, settings in techniques:
+        teacher = settings.knobs.get("teacher")
+        if tech.training_only and teacher is not None and teacher.fixed != LARGEST:
+            check_teacher(str(teacher.fixed), splits)  # a given teacher must load and fit

@@ -16,6 +16,8 @@ from nas.config import TrainConfig
 from nas.data import Split
 
 LossHook = Callable[[nn.Module], torch.Tensor]
+# (logits, targets, indices of the batch in the training split) -> loss; replaces cross-entropy
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def seed_everything(seed: int) -> None:
@@ -64,8 +66,12 @@ def train(
     seed: int = 0,
     loss_hooks: Sequence[LossHook] = (),
     on_step: Callable[[int, int], None] | None = None,
+    criterion: Criterion | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place; return ``{"steps", "final_loss"}``.
+
+    ``criterion(logits, targets, indices)`` replaces the cross-entropy loss (e.g. distillation,
+    which looks up the teacher's logits of those training examples).
 
     ``on_step(step, steps)`` runs after every optimizer step (it may evaluate the model, or raise
     to stop training, e.g. :class:`nas.search.Stopped`).
@@ -84,7 +90,11 @@ def train(
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 example
                 continue
-            loss = loss_fn(model(data.x[idx]), data.y[idx])
+            logits = model(data.x[idx])
+            if criterion is None:
+                loss = loss_fn(logits, data.y[idx])
+            else:
+                loss = criterion(logits, data.y[idx], idx)
             for hook in loss_hooks:
                 loss = loss + hook(model)
             opt.zero_grad(set_to_none=True)

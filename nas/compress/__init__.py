@@ -17,7 +17,7 @@ from nas.errors import NasError
 from nas.registry import Registry
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
-ORDER = ("slimming", "filter_pruning", "lowrank", "tucker", "cp", "quantize")
+ORDER = ("distill", "slimming", "filter_pruning", "lowrank", "tucker", "cp", "quantize")
 _loaded = False
 
 
@@ -25,12 +25,21 @@ def _load() -> None:
     global _loaded
     if not _loaded:
         from nas.compress.decompose import CP, Tucker
+        from nas.compress.distill import Distill
         from nas.compress.filter_pruning import FilterPruning
         from nas.compress.lowrank import LowRank
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
 
-        for tech in (Slimming(), FilterPruning(), LowRank(), Tucker(), CP(), Quantize()):
+        for tech in (
+            Distill(),
+            Slimming(),
+            FilterPruning(),
+            LowRank(),
+            Tucker(),
+            CP(),
+            Quantize(),
+        ):
             TECHNIQUES.register(tech.name, tech)
         _loaded = True
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nas.errors import NasError
-from nas.train import LossHook
+from nas.train import Criterion, LossHook
 
 RESERVED = ("per_layer", "optional", "finetune")
 
@@ -28,7 +28,8 @@ class Knob:
     """One knob: its type, the domain it must lie in, and a default search range."""
 
     name: str
-    kind: Literal["float", "int", "choice"]  # choice: one of ``options`` (strings)
+    # choice: one of ``options`` (strings); text: a fixed string setting, never searched
+    kind: Literal["float", "int", "choice", "text"]
     domain: tuple[float, float]
     default: tuple[Any, ...]  # a (low, high) range; for a choice knob the options searched
     open_low: bool = False  # domain excludes its low end (e.g. rank > 0)
@@ -38,12 +39,16 @@ class Knob:
     options: tuple[str, ...] = ()
 
     def describe_domain(self) -> str:
+        if self.kind == "text":
+            return "a string"
         if self.kind == "choice":
             return "{" + ", ".join(self.options) + "}"
         lo, hi = self.domain
         return f"{'(' if self.open_low else '['}{lo:g}, {hi:g}{')' if self.open_high else ']'}"
 
     def inside(self, v: Any) -> bool:
+        if self.kind == "text":
+            return isinstance(v, str) and bool(v)
         if self.kind == "choice":
             return v in self.options
         lo, hi = self.domain
@@ -113,6 +118,9 @@ class Technique:
     exports: ClassVar[str] = ""
     no_eligible_layer: ClassVar[str | None] = None  # the reason given when eligible() is empty
     min_finetune: ClassVar[float] = 0.0  # epochs the pipeline fine-tunes at least after apply
+    # a training option (e.g. distillation): it changes how the model is trained, not the model,
+    # so the pipeline neither applies nor fine-tunes for it and it is not in the compression record
+    training_only: ClassVar[bool] = False
 
     # ---- configuration -------------------------------------------------------------------
     def parse(self, raw: Mapping[str, Any] | None) -> Settings:
@@ -125,7 +133,12 @@ class Technique:
                 f"compression.{self.name}: unknown key {unknown[0]!r}; valid keys: "
                 f"{', '.join([*by_name, *RESERVED])}"
             )
-        ranges = {k.name: self._parse_knob(k, raw.get(k.name, list(k.default))) for k in self.knobs}
+        ranges = {
+            k.name: self._parse_knob(
+                k, raw.get(k.name, k.default[0] if k.kind == "text" else list(k.default))
+            )
+            for k in self.knobs
+        }
         per_layer = bool(raw.get("per_layer", False))
         if per_layer and self.per_layer_knob is None:
             raise NasError(
@@ -144,6 +157,10 @@ class Technique:
     def _parse_knob(self, knob: Knob, value: Any) -> KnobRange:
         where = f"compression.{self.name}.{knob.name}"
         fix = f"use values in {knob.describe_domain()}"
+        if knob.kind == "text":
+            if not knob.inside(value):
+                raise NasError(f"{where}: {value!r} is not a string; write e.g. {knob.default[0]}")
+            return KnobRange(choices=(value,))
         if knob.kind == "choice":
             if isinstance(value, Mapping) and set(value) == {"choices"}:
                 value = value["choices"]
@@ -225,6 +242,10 @@ class Technique:
         """Regularisers added to the training loss (e.g. slimming's BN-gamma L1)."""
         return []
 
+    def criterion(self, knobs: Mapping[str, Any], ctx: Context) -> Criterion | None:
+        """A training loss replacing cross-entropy (e.g. distillation), or ``None``."""
+        return None
+
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         """Return the transformed model (a new object; structural techniques shrink it)."""
         raise NotImplementedError
@@ -240,7 +261,7 @@ class Technique:
 
 def _suggest(trial: optuna.trial.BaseTrial, name: str, knob: Knob, rng: KnobRange) -> Any:
     if rng.fixed is not None:
-        if knob.kind == "choice":
+        if knob.kind in ("choice", "text"):
             return rng.fixed
         return int(rng.fixed) if knob.kind == "int" else float(rng.fixed)
     if rng.choices is not None:
