@@ -109,7 +109,9 @@ class Experiment(_Strict):
     name: str | None = None
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
-    space: SpaceConfig
+    space: SpaceConfig  # from base_model when that is given
+    # a trained model to start from (transfer learning): the search explores its compression
+    base_model: str | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     compression: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     objectives: dict[str, ObjectiveSpec]
@@ -145,6 +147,27 @@ class Experiment(_Strict):
         if not v:
             raise ValueError("list at least one objective, e.g. [accuracy, flops]")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _space_or_base_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        base, space = data.get("base_model"), data.get("space")
+        if base is not None:
+            derived = {"name": "pretrained", "args": {"path": base}}
+            if space is not None and space != derived:
+                raise ValueError(
+                    "give space or base_model, not both: base_model starts from a trained model "
+                    "(its architecture is fixed); remove one of them"
+                )
+            return {**data, "space": derived}
+        if space is None:
+            raise ValueError(
+                "space is missing; give e.g. space: cnn, or base_model: PATH to start from a "
+                "trained model"
+            )
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

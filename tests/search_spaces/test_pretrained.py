@@ -48,4 +48,57 @@ def test_from_file_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         pretrained(_trial(), input_shape=(1, 8, 8), num_classes=10, path=str(tmp_path / "x.pt"))
     with pytest.raises(ValueError, match="needs 3 classes"):
-        pretrained(_trial(), input_shape=(1, 8, 8), num_classes=3, path=str(tmp_path / "m.pt"))
+        pretrained(
+            _trial(),
+            input_shape=(1, 8, 8),
+            num_classes=3,
+            path=str(tmp_path / "m.pt"),
+            new_head_ok=False,
+        )
+    (tmp_path / "junk.pt").write_text("not a model")
+    with pytest.raises(ValueError, match="does not load"):
+        pretrained(_trial(), input_shape=(1, 8, 8), num_classes=10, path=str(tmp_path / "junk.pt"))
+    with pytest.raises(ValueError, match=r"does not run on this dataset's \(1, 28, 28\) inputs"):
+        pretrained(_trial(), input_shape=(1, 28, 28), num_classes=10, path=str(tmp_path / "m.pt"))
+
+
+def test_another_number_of_classes_gets_a_new_head(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+    torch.save(net, tmp_path / "m.pt")
+    got = pretrained(_trial(), input_shape=(1, 8, 8), num_classes=3, path=str(tmp_path / "m.pt"))
+    assert got(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    assert torch.equal(got[1].weight, net[1].weight)  # the backbone is kept
+    assert got[3].out_features == 3
+
+
+def test_base_model_from_an_export_folder_or_its_safetensors(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import experiment
+
+    run = nas.load(str(finished_run))
+    (export,) = run.front().export(tmp_path / "out", select="knee", progress=False)
+    ref = trial_model(run, run.front().knee())
+    x = torch.rand(5, 1, 8, 8)
+    for path in (export, export / "weights.safetensors"):
+        got = pretrained(_trial(), input_shape=(1, 8, 8), num_classes=10, path=str(path))
+        torch.testing.assert_close(got(x), ref(x))
+    exp = experiment(
+        tmp_path,
+        space=None,
+        base_model=str(export),
+        compression={"lowrank": {"rank": [0.3, 0.8]}},
+        train={"epochs": 0.5},
+        search__trials=2,
+        search__workers=1,
+    )
+    new = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    assert new.exp.space.name == "pretrained" and new.exp.space.args == {"path": str(export)}
+    frozen = nas.load(str(tmp_path / "run"))  # the frozen experiment re-validates
+    assert frozen.exp.base_model == str(export)
+    done = [t for t in new.study().get_trials() if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    # training continued from the exported weights: far better than chance after half an epoch
+    assert all(t.user_attrs["accuracy_before_compression"] > 0.8 for t in done)
