@@ -6,7 +6,14 @@ from search_spaces.cnn import cnn
 from search_spaces.mlp import mlp
 from search_spaces.mobilenet import mobilenet
 from search_spaces.pretrained import pretrained
+from search_spaces.vit import vit
 
-BUILTIN_SPACES = {"cnn": cnn, "mobilenet": mobilenet, "mlp": mlp, "pretrained": pretrained}
+BUILTIN_SPACES = {
+    "cnn": cnn,
+    "mobilenet": mobilenet,
+    "mlp": mlp,
+    "vit": vit,
+    "pretrained": pretrained,
+}
 
-__all__ = ["BUILTIN_SPACES", "cnn", "mlp", "mobilenet", "pretrained"]
+__all__ = ["BUILTIN_SPACES", "cnn", "mlp", "mobilenet", "pretrained", "vit"]

@@ -17,7 +17,16 @@ from nas.errors import NasError
 from nas.registry import Registry
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
-ORDER = ("distill", "slimming", "filter_pruning", "lowrank", "tucker", "cp", "quantize")
+ORDER = (
+    "distill",
+    "slimming",
+    "filter_pruning",
+    "head_pruning",
+    "lowrank",
+    "tucker",
+    "cp",
+    "quantize",
+)
 _loaded = False
 
 
@@ -27,6 +36,7 @@ def _load() -> None:
         from nas.compress.decompose import CP, Tucker
         from nas.compress.distill import Distill
         from nas.compress.filter_pruning import FilterPruning
+        from nas.compress.head_pruning import HeadPruning
         from nas.compress.lowrank import LowRank
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
@@ -35,6 +45,7 @@ def _load() -> None:
             Distill(),
             Slimming(),
             FilterPruning(),
+            HeadPruning(),
             LowRank(),
             Tucker(),
             CP(),

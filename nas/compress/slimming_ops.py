@@ -355,7 +355,7 @@ class _Walker:
         """An op we cannot follow: keep every channel it touches (``unknown``: an op the
         analysis does not recognise at all, recorded in ``uf.unknown``)."""
         if unknown:
-            self.uf.unknown.append(_describe(node))
+            self.uf.unknown.append(_describe(node, self.modules))
         for n in self.inputs(node):
             self.uf.pin(self.info[n].group)
         self.info[node] = _Info(self.uf.new(pinned=True))
@@ -504,12 +504,13 @@ class _Walker:
         self.same(node, src, rank=rank if keepdim else 2, pooled=keepdim)
 
 
-def _describe(node: torch.fx.Node) -> str:
-    target = (
-        node.target
-        if isinstance(node.target, str)
-        else getattr(node.target, "__name__", str(node.target))
-    )
+def _describe(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        target = type(modules[str(node.target)]).__name__
+    elif isinstance(node.target, str):
+        target = node.target
+    else:
+        target = getattr(node.target, "__name__", str(node.target))
     where = f"layer {node.target!r}" if node.op == "call_module" else f"node {node.name!r}"
     return f"{node.op.removeprefix('call_')} {target} at {where}"
 

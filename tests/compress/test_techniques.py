@@ -31,6 +31,15 @@ NOT_APPLICABLE = {
     # its only k x k ungrouped conv is the stem on 1-channel images (too small to decompose)
     ("tucker", "mobilenet"): "no conv",
     ("cp", "mobilenet"): "no conv",
+    # transformers: no BN, LayerNorm the channel analysis does not follow, a 1-channel patch conv
+    ("slimming", "vit"): "BatchNorm",
+    ("filter_pruning", "vit"): "cannot follow channels through module LayerNorm",
+    ("tucker", "vit"): "no conv",
+    ("cp", "vit"): "no conv",
+    # head pruning is for attention layers and transformer MLPs
+    ("head_pruning", "cnn"): "no attention layer",
+    ("head_pruning", "mobilenet"): "no attention layer",
+    ("head_pruning", "mlp"): "no attention layer",
 }
 
 
@@ -161,6 +170,7 @@ STRONG = {
     "lowrank": {"rank": 0.3, "round_to": 1},
     "tucker": {"rank": 0.3, "round_to": 1},
     "cp": {"rank": 0.3, "round_to": 1},
+    "head_pruning": {"heads": 0.5, "neurons": 0.5, "criterion": "l1"},
 }
 # numeric: fewer weight bytes (size_bytes counts bits), the same multiply-adds. Its int8 ONNX file
 # is not always smaller: for a tiny mobilenet the QDQ nodes and per-channel scales outweigh the
