@@ -13,11 +13,17 @@ must be the same channel share a group:
   pruned together, and a squeeze-excite gate is tied to the feature map it scales (SE's reduce conv
   consumes the group, its expand conv produces it);
 - global pooling then flatten (``AdaptiveAvgPool(1)`` + ``Flatten``/``torch.flatten(x, 1)``, or
-  ``x.mean((2, 3))``) keeps channels 1:1, so a Linear after it consumes the group.
+  ``x.mean((2, 3))``) keeps channels 1:1, so a Linear after it consumes the group;
+- a concat along the channels (``torch.cat(..., dim=1)``, e.g. a ghost module) keeps each input's
+  group at its offset: a conv, Linear, BN or depthwise conv reading it is a member of every part's
+  group at that part's offset, and removing channel ``i`` of a part removes position
+  ``offset + i`` of that layer's axis (a part of unknown size, such as the model's input, pins
+  all parts).
 
-Anything else (the model's input and outputs, concat, reshape/view, flatten of a map larger than
-1x1, grouped non-depthwise convs, transposed convs, norms other than BN, Linear on rank > 2
-tensors, broadcasts that mix ranks, ...) *pins* the groups it touches: their channels are kept.
+Anything else (the model's input and outputs, other concats, reshape/view, flatten of a map
+larger than 1x1, grouped non-depthwise convs, transposed convs, norms other than BN, Linear on
+rank > 2 tensors, broadcasts that mix ranks, ...) *pins* the groups it touches: their channels are
+kept.
 A group whose members disagree on the channel count (a broadcast of a 1-channel map) is pinned too.
 
 A group is slimmable when it is not pinned, holds an affine BatchNorm, and every conv/Linear that
@@ -125,6 +131,7 @@ _KEPT_METHODS = {
     "size",
     "dim",
 }
+_CATS = {torch.cat, torch.concat}
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _UNARY_FUNCS = {
     torch.relu,
@@ -194,6 +201,9 @@ def _minimal(paths: Iterable[frozenset[str]]) -> _Paths:
 class _Member:
     name: str  # qualified module name
     kind: str
+    # where the group's channels start on the module's axis when the axis holds several groups
+    # (a layer reading a concat); None: the axis is the group's alone
+    offset: int | None = None
 
 
 @dataclass
@@ -204,6 +214,7 @@ class _Group:
     size: int
     bns: list[str]  # affine BatchNorms in the group, in graph order (sliced, penalised)
     paths: _Paths  # how consumers read the channels: see _Info.paths
+    bn_offsets: dict[str, int] = field(default_factory=dict)  # BNs after a concat: their slice
 
     @property
     def producers(self) -> list[str]:
@@ -212,7 +223,11 @@ class _Group:
 
     def scores(self, model: nn.Module) -> torch.Tensor:
         """Per channel: max over read paths of the min |gamma| along the path."""
-        gammas = {n: model.get_submodule(n).weight.detach().abs().float() for n in self.bns}
+        gammas = {}
+        for n in self.bns:
+            g = model.get_submodule(n).weight.detach().abs().float()
+            off = self.bn_offsets.get(n)
+            gammas[n] = g if off is None else g[off : off + self.size]
         per_path = [torch.stack([gammas[n] for n in path]).amin(0) for path in self.paths]
         return torch.stack(per_path).amax(0)
 
@@ -227,6 +242,9 @@ class _Info:
     # A channel's importance in this tensor, as "max over paths of min over the BNs on the path":
     # a BN in series can silence a channel (min), branches added together each carry it (max).
     paths: _Paths = _UNSCALED
+    # a concat along the channels: (group, paths) of each part in order; ``group`` is then a
+    # placeholder and consumers attach to the parts at their offsets
+    parts: tuple[tuple[int, _Paths], ...] | None = None
 
 
 @dataclass
@@ -239,6 +257,8 @@ class _Analysis:
     reads: list[set[frozenset[str]]] = field(default_factory=list)  # paths convs/Linears read
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)  # ops not recognised (their channels kept)
+    # layers reading a concat: (name, kind, part groups in order); offsets resolved in _groups
+    composite: list[tuple[str, str, list[int]]] = field(default_factory=list)
 
     def new(self, *, pinned: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -330,6 +350,8 @@ class _Walker:
                     self.uf.pin(self.info[n].group)
             elif self.is_binary(node):
                 self.binary(node)
+            elif node.op == "call_function" and node.target in _CATS:
+                self.concat(node)
             elif first is None:
                 self.opaque(node)
             elif node.op == "call_module":
@@ -348,6 +370,11 @@ class _Walker:
             return node.target in _BINARY_FUNCS
         return node.op == "call_method" and node.target in _BINARY_METHODS
 
+    def pin(self, info: _Info) -> None:
+        self.uf.pin(info.group)
+        for g, _ in info.parts or ():
+            self.uf.pin(g)
+
     def inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
         return [n for n in node.all_input_nodes if n in self.info]
 
@@ -357,7 +384,7 @@ class _Walker:
         if unknown:
             self.uf.unknown.append(_describe(node, self.modules))
         for n in self.inputs(node):
-            self.uf.pin(self.info[n].group)
+            self.pin(self.info[n])
         self.info[node] = _Info(self.uf.new(pinned=True))
 
     def same(
@@ -371,13 +398,14 @@ class _Walker:
         """``node`` keeps the channels of ``src``; its other tensor inputs are pinned."""
         for n in self.inputs(node):
             if n is not src:
-                self.uf.pin(self.info[n].group)
+                self.pin(self.info[n])
         base = self.info[src]
         self.info[node] = _Info(
             base.group,
             base.rank if rank is None else rank,
             base.pooled if pooled is None else pooled,
             base.paths,
+            base.parts,
         )
 
     def new_group(self, node: torch.fx.Node, name: str, kind: str, rank: int | None) -> None:
@@ -389,7 +417,12 @@ class _Walker:
         """Element-wise ``a op b``: tensors combined channel by channel share one group."""
         tensors = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
         ranks = {self.info[t].rank for t in tensors if t in self.info}
-        if not tensors or any(t not in self.info for t in tensors) or len(ranks) != 1:
+        if (
+            not tensors
+            or any(t not in self.info for t in tensors)
+            or len(ranks) != 1
+            or any(self.info[t].parts is not None for t in tensors)
+        ):
             self.opaque(node)
             return
         rank = ranks.pop()
@@ -415,7 +448,9 @@ class _Walker:
     def module(self, node: torch.fx.Node, first: torch.fx.Node) -> None:
         m = self.modules[str(node.target)]
         name, src = str(node.target), self.info[first]
-        if isinstance(m, _CONV) and src.rank in (None, 2 + len(m.kernel_size)):
+        if src.parts is not None and isinstance(m, (*_CONV, nn.Linear, *_BN)):
+            self.composite_module(node, first, m, name, src)
+        elif isinstance(m, _CONV) and src.rank in (None, 2 + len(m.kernel_size)):
             # an input of unknown rank (the model's own input) is pinned already
             if m.groups == 1:
                 self.uf.attach(src.group, name, _CONV_IN)
@@ -445,6 +480,59 @@ class _Walker:
             self.flatten(node, first, m.start_dim, m.end_dim)
         else:
             self.opaque(node, unknown=not isinstance(m, _KEPT_MODULES))
+
+    def concat(self, node: torch.fx.Node) -> None:
+        """``torch.cat`` along the channels: a composite of its inputs' groups, in order."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = _arg(node, 1, "dim", 0)
+        if not isinstance(tensors, list | tuple) or not all(
+            isinstance(t, torch.fx.Node) and t in self.info for t in tensors
+        ):
+            self.opaque(node)
+            return
+        ranks = {self.info[t].rank for t in tensors}
+        rank = ranks.pop() if len(ranks) == 1 else None
+        if rank is None or not isinstance(dim, int) or dim % rank != 1:
+            self.opaque(node)
+            return
+        parts: list[tuple[int, _Paths]] = []
+        for t in tensors:
+            info = self.info[t]
+            parts.extend(info.parts or [(info.group, info.paths)])
+        pooled = all(self.info[t].pooled for t in tensors)
+        self.info[node] = _Info(self.uf.new(pinned=True), rank, pooled, _UNSCALED, tuple(parts))
+
+    def composite_module(
+        self, node: torch.fx.Node, first: torch.fx.Node, m: nn.Module, name: str, src: _Info
+    ) -> None:
+        """A conv / Linear / BN reading a concat: its axis holds every part, at offsets."""
+        assert src.parts is not None
+        groups = [g for g, _ in src.parts]
+        if isinstance(m, _CONV) and src.rank == 2 + len(m.kernel_size) and m.groups == 1:
+            for g, paths in src.parts:
+                self.uf.read(g, paths)
+            self.uf.composite.append((name, _CONV_IN, groups))
+            self.new_group(node, name, _CONV_OUT, src.rank)
+        elif isinstance(m, nn.Linear) and src.rank == 2:
+            for g, paths in src.parts:
+                self.uf.read(g, paths)
+            self.uf.composite.append((name, _LINEAR_IN, groups))
+            self.new_group(node, name, _LINEAR_OUT, 2)
+        elif (
+            isinstance(m, _CONV)
+            and src.rank == 2 + len(m.kernel_size)
+            and m.groups == m.in_channels == m.out_channels
+        ):
+            self.uf.composite.append((name, _DEPTHWISE, groups))
+            self.same(node, first, pooled=False)
+        elif isinstance(m, _BN) and src.rank is not None:
+            self.uf.composite.append((name, _BATCHNORM, groups))
+            self.same(node, first)
+            if m.weight is not None:
+                scaled = tuple((g, _minimal(p | {name} for p in paths)) for g, paths in src.parts)
+                self.info[node].parts = scaled
+        else:
+            self.opaque(node)
 
     def function(self, node: torch.fx.Node, first: torch.fx.Node) -> None:
         target = node.target
@@ -548,26 +636,56 @@ def _channels(module: nn.Module, kind: str) -> int:
     return module.in_features
 
 
+def _whole_size(model: nn.Module, members: Sequence[_Member]) -> int | None:
+    """The group's channel count from the layers whose whole axis it is (None: unknown)."""
+    sizes = {_channels(model.get_submodule(m.name), m.kind) for m in members if m.offset is None}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _resolve_concats(model: nn.Module, uf: _Analysis) -> None:
+    """Attach each layer reading a concat to every part's group at the part's offset; a concat
+    with a part of unknown size (e.g. the model's input) pins all of its parts."""
+    for name, kind, parts in uf.composite:
+        roots = [uf.find(g) for g in parts]
+        sizes = [_whole_size(model, uf.members[r]) for r in roots]
+        total = _channels(model.get_submodule(name), kind)
+        if None in sizes or sum(sizes) != total:  # type: ignore[arg-type]
+            for r in roots:
+                uf.pinned[r] = True
+            continue
+        offset = 0
+        for r, size in zip(roots, sizes, strict=True):
+            uf.members[r].append(_Member(name, kind, offset))
+            offset += size  # type: ignore[operator]
+
+
 def _groups(model: nn.Module, uf: _Analysis, *, need_bn: bool = True) -> list[_Group]:
+    _resolve_concats(model, uf)
     out = []
     for g in range(len(uf.parent)):
         if uf.find(g) != g or uf.pinned[g] or not uf.members[g]:
             continue
         members = uf.members[g]
-        sizes = {_channels(model.get_submodule(m.name), m.kind) for m in members}
+        sizes = {
+            _channels(model.get_submodule(m.name), m.kind) for m in members if m.offset is None
+        }
         if len(sizes) != 1:
             continue  # e.g. a 1-channel map broadcast against a C-channel one
-        bns = [
-            m.name
+        bn_members = [
+            m
             for m in members
             if m.kind == _BATCHNORM and model.get_submodule(m.name).weight is not None
         ]
+        bns = [m.name for m in bn_members]
+        if len(set(bns)) != len(bns):
+            continue  # one BN holding this group twice (a concat of a group with itself)
+        bn_offsets = {m.name: m.offset for m in bn_members if m.offset is not None}
         paths = _minimal(uf.reads[g])
         if not need_bn:
             if any(m.kind in (_CONV_OUT, _LINEAR_OUT) for m in members):
-                out.append(_Group(members, sizes.pop(), bns, paths))
+                out.append(_Group(members, sizes.pop(), bns, paths, bn_offsets))
         elif bns and paths and frozenset() not in paths:  # every read has passed a BN
-            out.append(_Group(members, sizes.pop(), bns, paths))
+            out.append(_Group(members, sizes.pop(), bns, paths, bn_offsets))
     return out
 
 
@@ -862,12 +980,20 @@ def cut(
     checked to give outputs of the original shapes."""
     reference = _output_shapes(model, input_shape)
     new = copy.deepcopy(model)
+    # positions removed on each layer axis; an axis holding several groups (a concat) loses
+    # each group's channels at that group's offset
+    removed: dict[tuple[str, str], set[int]] = {}
     for g, kept in zip(groups, keep, strict=True):
-        if len(kept) == g.size:
-            continue
-        idx = torch.tensor(kept, dtype=torch.long)
+        gone = set(range(g.size)) - set(kept)
         for m in g.members:
-            _slice_member(new.get_submodule(m.name), m.kind, idx)
+            off = m.offset or 0
+            removed.setdefault((m.name, m.kind), set()).update(off + c for c in gone)
+    for (name, kind), gone in removed.items():
+        if gone:
+            module = new.get_submodule(name)
+            total = _channels(module, kind)
+            idx = torch.tensor([i for i in range(total) if i not in gone], dtype=torch.long)
+            _slice_member(module, kind, idx)
     got = _output_shapes(new, input_shape)
     if got != reference:
         raise RuntimeError(

@@ -142,7 +142,8 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
             why = "interrupted" if own else "worker process died"
             study._storage.set_trial_user_attr(t._trial_id, "error", why)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            attrs = {"retry_of": t.number, "retry_reason": why}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
             recovered.append(t.number)
     return recovered
 

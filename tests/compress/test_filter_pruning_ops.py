@@ -144,11 +144,61 @@ class _Concat(nn.Module):
         return self.head(torch.relu(z).mean((2, 3)))
 
 
-def test_what_the_analysis_does_not_understand_is_kept() -> None:
-    model = _Concat()
-    assert prunable_layers(model) == ["c"]  # a and b feed a concat: kept
+def test_channels_are_pruned_through_a_concat_at_their_offsets() -> None:
+    torch.manual_seed(0)
+    model = _Concat().eval()
+    assert prunable_layers(model) == ["a", "b", "c"]
+    with torch.no_grad():  # a's channel 1 and b's channel 2 output exactly 0
+        model.a.weight[1], model.a.bias[1] = 0.0, 0.0
+        model.b.weight[2], model.b.bias[2] = 0.0, 0.0
+    out = prune_filters(model, 0.0, SHAPE, per_layer={"a": 0.25, "b": 0.25})
+    assert (out.a.out_channels, out.b.out_channels, out.c.in_channels) == (3, 3, 6)
+    # c lost input columns 1 (a's) and 4 + 2 (b's, after a's 4 channels)
+    keep = [0, 2, 3, 4, 5, 7]
+    torch.testing.assert_close(out.c.weight, model.c.weight[:, keep])
+    x = torch.rand(4, *SHAPE)
+    torch.testing.assert_close(out(x), model(x))
+
+
+def test_a_ghost_cnn_is_pruned_through_its_concats() -> None:
+    from search_spaces.cnn import cnn
+
+    params = {"depth": 2, "batch_norm": True, "width_0": 16, "kernel_0": 3, "pool_0": "max"}
+    params |= {
+        "width_1": 16,
+        "kernel_1": 3,
+        "pool_1": "max",
+        "block_0": "ghost",
+        "block_1": "ghost",
+    }
+    model = cnn(
+        optuna.trial.FixedTrial(params), input_shape=SHAPE, num_classes=10, blocks=["ghost"]
+    ).eval()
     out = prune_filters(model, 0.5, SHAPE)
-    assert (out.a.out_channels, out.b.out_channels, out.c.out_channels) == (4, 4, 3)
+    assert count_flops(out, SHAPE) < 0.7 * count_flops(model, SHAPE)
+    x = torch.rand(4, *SHAPE)
+    y = session(to_onnx(out, SHAPE)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(y, out(x).detach().numpy(), atol=1e-4)
+
+
+class _Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)  # grouped, not depthwise
+        self.c = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.c(torch.relu(self.g(torch.relu(self.a(x)))))
+        return self.head(z.mean((2, 3)))
+
+
+def test_what_the_analysis_keeps() -> None:
+    model = _Grouped()
+    assert prunable_layers(model) == ["c"]  # a feeds and g is a grouped conv: both kept
+    out = prune_filters(model, 0.5, SHAPE)
+    assert (out.a.out_channels, out.g.out_channels, out.c.out_channels) == (8, 8, 3)
     seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # the only layer makes the output
     with pytest.raises(ValueError, match="no prunable channels"):
         prune_filters(seq, 0.5, SHAPE)

@@ -267,7 +267,7 @@ def test_models_without_batchnorm_are_rejected() -> None:
 
 
 class _Branchy(nn.Module):
-    """Concat (not followed: its inputs are kept), functional ops and mean-pooling (followed)."""
+    """A channel concat, functional ops and mean-pooling (all followed)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -291,12 +291,39 @@ class _Untraceable(nn.Module):
         return y if y.sum() > 0 else -y
 
 
-def test_unsupported_ops_pin_channels() -> None:
+def test_channels_are_slimmed_through_a_concat() -> None:
     model = _Branchy().eval()
+    assert slimmable_bns(model) == ["bn_a", "bn_b", "bn_c"]
+    with torch.no_grad():
+        model.bn_a.weight.copy_(torch.tensor([1.0, 0.01, 1.0, 1.0]))
+        model.bn_b.weight.copy_(torch.tensor([1.0, 1.0, 0.02, 1.0]))
+        model.bn_c.weight.copy_(torch.tensor([1.0, 1.0, 1.0, 0.03, 1.0, 1.0]))
+    out = slim(model, 3 / 14, (1, 6, 6))  # the three small gammas, one per group
+    assert (out.a.out_channels, out.b.out_channels, out.c.out_channels) == (3, 3, 5)
+    assert out.c.in_channels == 6 and out.fc.in_features == 5
+    keep = [0, 2, 3, 4, 5, 7]  # a's channel 1 and b's channel 2 (4 + 2) left c's input
+    torch.testing.assert_close(out.c.weight, model.c.weight[[0, 1, 2, 4, 5]][:, keep])
+
+
+class _CatSpatial(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c, self.bn_c = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn_a(self.a(x)))
+        y = torch.cat([y, y], dim=2)  # along the height: not a channel concat
+        return self.fc(F.relu(self.bn_c(self.c(y))).mean((2, 3)))
+
+
+def test_unsupported_ops_pin_channels() -> None:
+    model = _CatSpatial().eval()
     assert slimmable_bns(model) == ["bn_c"]
     out = slim(model, 0.5, (1, 6, 6))
     assert out.c.out_channels == out.fc.in_features == 3
-    assert out.a.out_channels == out.b.out_channels == 4
+    assert out.a.out_channels == 4
 
 
 def test_bad_inputs_raise_value_error() -> None:

@@ -138,7 +138,11 @@ def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
     assert killed.state == TrialState.FAIL
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].user_attrs["retry_reason"] == "worker lost (no heartbeat)"
+    # found by the heartbeat, or first by a worker on the same host that saw the process gone
+    assert retries[0].user_attrs["retry_reason"] in (
+        "worker lost (no heartbeat)",
+        "worker process died",
+    )
     assert retries[0].params == killed.params
     keys = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(keys)) == N_TRIALS  # no candidate trained twice to completion

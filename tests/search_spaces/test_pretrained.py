@@ -100,5 +100,8 @@ def test_base_model_from_an_export_folder_or_its_safetensors(
     assert frozen.exp.base_model == str(export)
     done = [t for t in new.study().get_trials() if t.state.name == "COMPLETE"]
     assert len(done) == 2
-    # training continued from the exported weights: far better than chance after half an epoch
-    assert all(t.user_attrs["accuracy_before_compression"] > 0.8 for t in done)
+    # training continued from the exported weights: about as accurate as the exported model
+    # after half an epoch (from scratch, half an epoch of this mlp is far below it)
+    accs = [t.user_attrs["accuracy_before_compression"] for t in done]
+    knee_acc = run.front().knee().metrics["accuracy"]
+    assert all(a >= knee_acc - 0.2 for a in accs), (accs, knee_acc)
