@@ -18,10 +18,14 @@ must be the same channel share a group:
   group at its offset: a conv, Linear, BN or depthwise conv reading it is a member of every part's
   group at that part's offset, and removing channel ``i`` of a part removes position
   ``offset + i`` of that layer's axis (a part of unknown size, such as the model's input, pins
-  all parts).
+  all parts);
+- a grouped conv (``1 < groups``, not depthwise) consumes its input's group and starts a new one,
+  like a plain conv, but input block ``b`` feeds only output block ``b``: a group it reads or makes
+  keeps the same number of channels in every block (its best ones per block), and the conv's
+  weight keeps, per output block, the columns of that block's kept inputs.
 
 Anything else (the model's input and outputs, other concats, reshape/view, flatten of a map
-larger than 1x1, grouped non-depthwise convs, transposed convs, norms other than BN, Linear on
+larger than 1x1, transposed convs, norms other than BN, Linear on
 rank > 2 tensors, broadcasts that mix ranks, ...) *pins* the groups it touches: their channels are
 kept.
 A group whose members disagree on the channel count (a broadcast of a 1-channel map) is pinned too.
@@ -184,6 +188,7 @@ _SHAPE_METHODS = {"size", "dim"}  # reading a shape at run time does not fix the
 
 # Member kinds: how a module's tensors are sliced when its group loses channels.
 _CONV_OUT, _CONV_IN, _DEPTHWISE, _BATCHNORM = "conv_out", "conv_in", "depthwise", "bn"
+_GCONV_IN = "gconv_in"  # the input axis of a grouped (not depthwise) conv
 _LINEAR_OUT, _LINEAR_IN = "linear_out", "linear_in"
 
 
@@ -215,6 +220,7 @@ class _Group:
     bns: list[str]  # affine BatchNorms in the group, in graph order (sliced, penalised)
     paths: _Paths  # how consumers read the channels: see _Info.paths
     bn_offsets: dict[str, int] = field(default_factory=dict)  # BNs after a concat: their slice
+    blocks: int = 1  # grouped convs read or make it: channels kept evenly per block
 
     @property
     def producers(self) -> list[str]:
@@ -294,7 +300,7 @@ class _Analysis:
 
     def attach(self, g: int, name: str, kind: str) -> None:
         """Record that module ``name`` has a channel axis in group ``g`` (shared modules unify)."""
-        axis = "in" if kind in (_CONV_IN, _LINEAR_IN) else "out"
+        axis = "in" if kind in (_CONV_IN, _LINEAR_IN, _GCONV_IN) else "out"
         key = (name, axis)
         if key in self.seen:
             self.union(self.seen[key], g)
@@ -459,8 +465,10 @@ class _Walker:
             elif m.groups == m.in_channels == m.out_channels:
                 self.uf.attach(src.group, name, _DEPTHWISE)
                 self.same(node, first, rank=2 + len(m.kernel_size), pooled=False)
-            else:
-                self.opaque(node)
+            else:  # grouped: input block b feeds output block b only
+                self.uf.attach(src.group, name, _GCONV_IN)
+                self.uf.read(src.group, src.paths)
+                self.new_group(node, name, _CONV_OUT, 2 + len(m.kernel_size))
         elif isinstance(m, nn.Linear) and src.rank == 2:
             self.uf.attach(src.group, name, _LINEAR_IN)
             self.uf.read(src.group, src.paths)
@@ -627,7 +635,7 @@ def prunable_groups(model: nn.Module) -> list[_Group]:
 def _channels(module: nn.Module, kind: str) -> int:
     if kind in (_CONV_OUT, _DEPTHWISE):
         return module.out_channels
-    if kind == _CONV_IN:
+    if kind in (_CONV_IN, _GCONV_IN):
         return module.in_channels
     if kind == _BATCHNORM:
         return module.num_features
@@ -680,12 +688,21 @@ def _groups(model: nn.Module, uf: _Analysis, *, need_bn: bool = True) -> list[_G
         if len(set(bns)) != len(bns):
             continue  # one BN holding this group twice (a concat of a group with itself)
         bn_offsets = {m.name: m.offset for m in bn_members if m.offset is not None}
+        grouped = [
+            model.get_submodule(m.name).groups
+            for m in members
+            if m.kind in (_GCONV_IN, _CONV_OUT) and model.get_submodule(m.name).groups > 1
+        ]
+        blocks = math.lcm(*grouped) if grouped else 1
+        size = next(iter(sizes))
+        if size % blocks:
+            continue  # grouped convs that split these channels in incompatible blocks
         paths = _minimal(uf.reads[g])
         if not need_bn:
             if any(m.kind in (_CONV_OUT, _LINEAR_OUT) for m in members):
-                out.append(_Group(members, sizes.pop(), bns, paths, bn_offsets))
+                out.append(_Group(members, size, bns, paths, bn_offsets, blocks))
         elif bns and paths and frozenset() not in paths:  # every read has passed a BN
-            out.append(_Group(members, sizes.pop(), bns, paths, bn_offsets))
+            out.append(_Group(members, size, bns, paths, bn_offsets, blocks))
     return out
 
 
@@ -860,6 +877,17 @@ def _slice_member(module: nn.Module, kind: str, idx: torch.Tensor) -> None:
             module.out_channels = n
         if kind == _DEPTHWISE:
             module.in_channels = module.groups = n
+    elif kind == _GCONV_IN:  # each output block keeps its own input block's kept channels
+        g = module.groups
+        w_in, w_out = module.in_channels // g, module.out_channels // g
+        local = [[i - b * w_in for i in idx.tolist() if i // w_in == b] for b in range(g)]
+        assert len({len(x) for x in local}) == 1, "grouped conv input pruned unevenly"
+        w = module.weight.detach()
+        blocks = [
+            w[b * w_out : (b + 1) * w_out].index_select(1, torch.tensor(local[b])) for b in range(g)
+        ]
+        module.weight = nn.Parameter(torch.cat(blocks).clone(), module.weight.requires_grad)
+        module.in_channels = n
     elif kind in (_CONV_IN, _LINEAR_IN):
         _set_param(module, "weight", 1, idx)
         if kind == _LINEAR_IN:
@@ -938,16 +966,20 @@ def slim(
             "channels cannot shrink, or its channels also reach a layer without passing a BN); "
             "nothing to prune: use structured pruning instead"
         )
-    scores = [g.scores(model).tolist() for g in groups]
-    if per_layer is not None:
-        keep = _per_layer_keep(groups, scores, per_layer, min_channels)
-    else:
-        keep = _global_keep(groups, scores, ratio, min_channels)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(
             f"slim: round_to must be an int >= 1, got round_to={round_to!r}; pass e.g. 4"
         )
-    keep = _round_keep(groups, scores, keep, round_to)
+    scores = [g.scores(model).tolist() for g in groups]
+    keep = select_channels(
+        groups,
+        scores,
+        ratio=ratio,
+        per_layer=per_layer,
+        min_channels=min_channels,
+        round_to=round_to,
+        who="slim",
+    )
     return cut(model, groups, keep, input_shape)
 
 
@@ -970,7 +1002,25 @@ def select_channels(
         keep = _per_layer_keep(groups, scores, per_layer, min_channels, names, who)
     else:
         keep = _global_keep(groups, scores, ratio, min_channels)
-    return _round_keep(groups, scores, keep, round_to)
+    return _balance(groups, scores, _round_keep(groups, scores, keep, round_to))
+
+
+def _balance(
+    groups: list[_Group], scores: list[list[float]], keep: list[list[int]]
+) -> list[list[int]]:
+    """A group read or made by grouped convs keeps the same number of channels in each of its
+    ``blocks`` (the kept count rounded up to a multiple), its best ones per block."""
+    out = []
+    for g, s, kept in zip(groups, scores, keep, strict=True):
+        if g.blocks > 1 and len(kept) < g.size:
+            per, width = -(-len(kept) // g.blocks), g.size // g.blocks
+            kept = sorted(
+                c
+                for b in range(g.blocks)
+                for c in sorted(range(b * width, (b + 1) * width), key=lambda i: -s[i])[:per]
+            )
+        out.append(kept)
+    return out
 
 
 def cut(

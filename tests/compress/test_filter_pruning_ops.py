@@ -194,11 +194,41 @@ class _Grouped(nn.Module):
         return self.head(z.mean((2, 3)))
 
 
-def test_what_the_analysis_keeps() -> None:
-    model = _Grouped()
-    assert prunable_layers(model) == ["c"]  # a feeds and g is a grouped conv: both kept
+def test_grouped_convs_keep_their_blocks_even() -> None:
+    torch.manual_seed(0)
+    model = _Grouped().eval()
+    assert prunable_layers(model) == ["a", "g", "c"]
+    with torch.no_grad():  # a's channels 1 (g's block 0) and 6 (block 1) output exactly 0
+        for c in (1, 6):
+            model.a.weight[c], model.a.bias[c] = 0.0, 0.0
+    out = prune_filters(model, 0.0, SHAPE, per_layer={"a": 0.25})
+    assert (out.a.out_channels, out.g.in_channels, out.g.groups) == (6, 6, 2)
+    x = torch.rand(4, *SHAPE)
+    torch.testing.assert_close(out(x), model(x))  # the removed channels carried nothing
+    # uneven scores: a global ratio still removes the same count from each block of g
     out = prune_filters(model, 0.5, SHAPE)
-    assert (out.a.out_channels, out.g.out_channels, out.c.out_channels) == (8, 8, 3)
+    assert out.g.in_channels % 2 == 0 and out.g.out_channels % 2 == 0
+    assert out(x).shape == (4, 2)
+    y = session(to_onnx(out, SHAPE)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(y, out(x).detach().numpy(), atol=1e-4)
+
+
+class _Flat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 28 * 28, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(torch.flatten(torch.relu(self.a(x)), 1))))
+
+
+def test_what_the_analysis_keeps() -> None:
+    model = _Flat()
+    assert prunable_layers(model) == ["fc"]  # a's channels are mixed with positions: kept
+    out = prune_filters(model, 0.5, SHAPE)
+    assert (out.a.out_channels, out.fc.out_features) == (4, 4)
     seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # the only layer makes the output
     with pytest.raises(ValueError, match="no prunable channels"):
         prune_filters(seq, 0.5, SHAPE)

@@ -359,3 +359,24 @@ def test_round_to_keeps_multiples_of_the_block() -> None:
     )
     with pytest.raises(ValueError, match="round_to"):
         slim(model, 0.5, (1, 28, 28), round_to=0)
+
+
+class _GroupedBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.g, self.bn_g = nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn_g(self.g(F.relu(self.bn_a(self.a(x))))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_grouped_conv_channels_are_slimmed_evenly_per_group() -> None:
+    model = _GroupedBN().eval()
+    with torch.no_grad():
+        model.bn_a.weight.copy_(torch.tensor([1.0, 0.1, 0.2, 0.3, 1.0, 1.0, 1.0, 1.0]))
+    out = slim(model, 3 / 16, (1, 6, 6))  # three low gammas, all in g's blocks 0 and 1
+    assert out.g.in_channels % 4 == 0 and out.g.groups == 4
+    assert out(torch.rand(2, 1, 6, 6)).shape == (2, 3)
