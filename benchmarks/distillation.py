@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.compression import ARCHS  # noqa: E402
 from nas.compress import Context, get  # noqa: E402
 from nas.compress.distill import TEACHER_LOGITS  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
@@ -35,21 +36,7 @@ from nas.teacher import _logits  # noqa: E402
 from nas.train import evaluate, train  # noqa: E402
 from objectives import count_flops, count_params  # noqa: E402
 
-TEACHER = (
-    "cnn",
-    {
-        "depth": 3,
-        "width_0": 32,
-        "kernel_0": 3,
-        "pool_0": "max",
-        "width_1": 64,
-        "kernel_1": 3,
-        "pool_1": "max",
-        "width_2": 64,
-        "kernel_2": 3,
-        "pool_2": "none",
-    },
-)
+TEACHER = ("cnn", ARCHS["cnn"])  # the cnn of benchmarks/compression.py (32-64-64)
 STUDENTS = {
     "cnn 4-8": (
         "cnn",

@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.compression import ARCHS  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
 from nas.data import load_data  # noqa: E402
 from nas.pipeline import save_weights  # noqa: E402
@@ -34,18 +35,7 @@ from nas.space import rebuild, resolve_space  # noqa: E402
 from nas.train import evaluate, train  # noqa: E402
 from search_spaces.pretrained import pretrained  # noqa: E402
 
-ARCH = {
-    "depth": 3,
-    "width_0": 32,
-    "kernel_0": 3,
-    "pool_0": "max",
-    "width_1": 64,
-    "kernel_1": 3,
-    "pool_1": "max",
-    "width_2": 64,
-    "kernel_2": 3,
-    "pool_2": "none",
-}
+ARCH = ARCHS["cnn"]  # the cnn of benchmarks/compression.py (32-64-64 channels)
 
 
 def main() -> None:

@@ -30,38 +30,29 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(echo "$want" | sha256sum)" ]; 
     echo "$want" | sha256sum > "$STAMP"
 fi
 
+# Debian packages, each installed when missing (as root with apt-get), else a note on what skips
+apt_need() {  # apt_need PACKAGE "what is skipped without it"
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[setup] installing the Debian package $1"
+        (apt-get install -y -q "$1" >/dev/null 2>&1) || {
+            apt-get update -q >/dev/null && apt-get install -y -q "$1" >/dev/null; }
+    else
+        echo "[setup] note: $1 is missing; as root run 'apt-get install $1' ($2)" >&2
+    fi
+}
+
+# Fashion-MNIST (IDX files): the demo and the tests that train on it
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
    && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        echo "[setup] installing the Debian package dataset-fashion-mnist"
-        (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || {
-            apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
-    else
-        echo "[setup] note: Fashion-MNIST is missing; as root run" \
-             "'apt-get install dataset-fashion-mnist' (tests that need it are skipped)" >&2
-    fi
+    apt_need dataset-fashion-mnist "tests that need it are skipped"
 fi
 
 # PostgreSQL server: studies shared by workers on several hosts (the tests start a private one)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        echo "[setup] installing the Debian package postgresql"
-        (apt-get install -y -q postgresql >/dev/null 2>&1) || {
-            apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
-    else
-        echo "[setup] note: PostgreSQL is missing; as root run 'apt-get install postgresql'" \
-             "(the shared-study tests are skipped)" >&2
-    fi
+    apt_need postgresql "the shared-study tests are skipped"
 fi
 
-# Headless chromium: the test that renders `nas report` output in a real browser (skipped without it)
+# Headless chromium: the test that renders `nas report` output in a real browser
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        echo "[setup] installing the Debian package chromium"
-        (apt-get install -y -q chromium >/dev/null 2>&1) || {
-            apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
-    else
-        echo "[setup] note: chromium is missing; as root run 'apt-get install chromium'" \
-             "(the browser test of the HTML report is skipped)" >&2
-    fi
+    apt_need chromium "the browser test of the HTML report is skipped"
 fi

@@ -9,6 +9,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "digits_quick.yaml"
 
+# every technique's knobs at a moderate setting (tests that apply each registered technique)
+MODERATE_KNOBS: dict[str, dict[str, object]] = {
+    "slimming": {"ratio": 0.3, "strength": 1e-4},
+    "filter_pruning": {"ratio": 0.3, "criterion": "l1"},
+    "head_pruning": {"heads": 0.3, "neurons": 0.3, "criterion": "l1"},
+    "lowrank": {"rank": 0.5},
+    "tucker": {"rank": 0.5},
+    "cp": {"rank": 0.5},
+    "quantize": {"bits": 8},
+    "distill": {},  # a training option: apply leaves the model as it is
+}
+
 
 def experiment(folder: Path, **changes: object) -> Path:
     """digits_quick.yaml with ``changes`` applied, written to ``folder / "exp.yaml"``.

@@ -55,6 +55,21 @@ class Knob:
         return (lo < v if self.open_low else lo <= v) and (v < hi if self.open_high else v <= hi)
 
 
+def fraction_knob(name: str, help: str, default: tuple[float, float] = (0.0, 0.7)) -> Knob:
+    """A fraction removed, in [0, 1) (e.g. pruning ratios)."""
+    return Knob(name, "float", (0.0, 1.0), default, open_high=True, help=help)
+
+
+def rank_knob(help: str) -> Knob:
+    """A rank as a ratio in (0, 1] of the layer's full rank (factorizations, decompositions)."""
+    return Knob("rank", "float", (0.0, 1.0), (0.25, 1.0), open_low=True, help=help)
+
+
+def criterion_knob(options: tuple[str, ...], help: str) -> Knob:
+    """The importance criterion of a pruning technique: one of ``options`` (a list searches)."""
+    return Knob("criterion", "choice", (0.0, 0.0), (options[0],), options=options, help=help)
+
+
 def round_to_knob(what: str) -> Knob:
     """The shared ``round_to`` knob of structural techniques (fixed at 8 unless the YAML says).
 

@@ -15,21 +15,14 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique, round_to_knob
+from nas.compress._base import Context, Technique, rank_knob, round_to_knob
 from nas.compress.decompose_ops import decompose, eligible_convs
 
 
 class _Decomposition(Technique):
     method: ClassVar[str]
     knobs = (
-        Knob(
-            "rank",
-            "float",
-            (0.0, 1.0),
-            (0.25, 1.0),
-            open_low=True,
-            help="ratio of each conv's channels kept in the decomposition",
-        ),
+        rank_knob("ratio of each conv's channels kept in the decomposition"),
         round_to_knob("ranks"),
     )
     no_eligible_layer = "no conv (k x k, ungrouped) that a decomposition would make cheaper"

@@ -16,7 +16,13 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique, round_to_knob
+from nas.compress._base import (
+    Context,
+    Technique,
+    criterion_knob,
+    fraction_knob,
+    round_to_knob,
+)
 from nas.compress.filter_pruning_ops import CRITERIA, prunable_layers, prune_filters
 from nas.compress.slimming_ops import unsupported_ops
 
@@ -25,22 +31,8 @@ class FilterPruning(Technique):
     name = "filter_pruning"
     description = "whole filters / neurons removed by L1, L2, FPGM or Taylor importance"
     knobs = (
-        Knob(
-            "ratio",
-            "float",
-            (0.0, 1.0),
-            (0.0, 0.7),
-            open_high=True,
-            help="fraction of prunable channels removed",
-        ),
-        Knob(
-            "criterion",
-            "choice",
-            (0.0, 0.0),
-            ("l1",),
-            options=CRITERIA,
-            help="importance: l1 / l2 filter norm, fpgm, taylor (gradient x weight)",
-        ),
+        fraction_knob("ratio", "fraction of prunable channels removed"),
+        criterion_knob(CRITERIA, "importance: l1 / l2 filter norm, fpgm, taylor (grad x weight)"),
         round_to_knob("kept channels"),
     )
     no_eligible_layer = "no conv / Linear whose output channels can shrink"

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique
+from nas.compress._base import Context, Technique, criterion_knob, fraction_knob
 from nas.compress.head_pruning_ops import CRITERIA, attention_layers, mlp_layers, prune_heads
 
 
@@ -22,18 +22,9 @@ class HeadPruning(Technique):
     name = "head_pruning"
     description = "attention heads and transformer-MLP neurons removed (l1 or taylor importance)"
     knobs = (
-        Knob("heads", "float", (0.0, 1.0), (0.0, 0.5), open_high=True, help="heads removed"),
-        Knob(
-            "neurons", "float", (0.0, 1.0), (0.0, 0.5), open_high=True, help="MLP neurons removed"
-        ),
-        Knob(
-            "criterion",
-            "choice",
-            (0.0, 0.0),
-            ("l1",),
-            options=CRITERIA,
-            help="importance: l1 weight norm, taylor (gradient x weight)",
-        ),
+        fraction_knob("heads", "attention heads removed per layer", (0.0, 0.5)),
+        fraction_knob("neurons", "MLP hidden neurons removed per layer", (0.0, 0.5)),
+        criterion_knob(CRITERIA, "importance: l1 weight norm, taylor (gradient x weight)"),
     )
     no_eligible_layer = "no attention layer (q, k, v, proj) or transformer MLP (use the vit space)"
     exports = "the physically smaller transformer (fewer heads, narrower MLPs)"

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique, round_to_knob
+from nas.compress._base import Context, Technique, rank_knob, round_to_knob
 from nas.compress.lowrank_ops import eligible_layers, factorize
 
 
@@ -21,14 +21,7 @@ class LowRank(Technique):
     name = "lowrank"
     description = "truncated SVD of Linear/conv layers into two thinner layers"
     knobs = (
-        Knob(
-            "rank",
-            "float",
-            (0.0, 1.0),
-            (0.25, 1.0),
-            open_low=True,
-            help="ratio of each layer's full rank",
-        ),
+        rank_knob("ratio of each layer's full rank"),
         round_to_knob("ranks"),
     )
     no_eligible_layer = "no Linear/conv layer that a factorization would make cheaper"

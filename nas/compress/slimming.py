@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique, round_to_knob
+from nas.compress._base import Context, Knob, Technique, fraction_knob, round_to_knob
 from nas.compress.slimming_ops import bn_l1_penalty, slim, slimmable_bns
 from nas.train import LossHook
 
@@ -25,14 +25,7 @@ class Slimming(Technique):
     name = "slimming"
     description = "BN-gamma L1 during training, then low-|gamma| channels removed physically"
     knobs = (
-        Knob(
-            "ratio",
-            "float",
-            (0.0, 1.0),
-            (0.0, 0.7),
-            open_high=True,
-            help="fraction of slimmable channels removed",
-        ),
+        fraction_knob("ratio", "fraction of slimmable channels removed"),
         Knob(
             "strength",
             "float",

@@ -15,6 +15,7 @@ from objectives import count_flops, count_params
 from search_spaces.cnn import cnn
 from search_spaces.ghost import GhostBottleneck, GhostModule
 from search_spaces.mobilenet import mobilenet
+from tests.conftest import MODERATE_KNOBS
 
 SHAPE = (1, 28, 28)
 CNN = {"depth": 3, "batch_norm": True}
@@ -85,15 +86,7 @@ def test_every_technique_applies_to_ghost_models(technique: str, space: str) -> 
     tech = get(technique)
     if tech.not_applicable(model, SHAPE) is not None:
         return  # e.g. tucker/cp: no k x k conv large enough
-    knobs = {
-        "slimming": {"ratio": 0.3, "strength": 1e-4},
-        "filter_pruning": {"ratio": 0.3, "criterion": "l1"},
-        "lowrank": {"rank": 0.5},
-        "tucker": {"rank": 0.5},
-        "cp": {"rank": 0.5},
-        "quantize": {"bits": 8},
-        "distill": {},  # a training option: apply leaves the model as it is
-    }[technique]
+    knobs = MODERATE_KNOBS[technique]
     x = torch.rand(32, *SHAPE)
     out = tech.apply(copy.deepcopy(model), knobs, Context(SHAPE, x, calib_y=torch.zeros(32).long()))
     out.eval()

@@ -12,6 +12,7 @@ from nas.compress import Context, get, list_techniques
 from nas.onnx_utils import session, to_onnx
 from objectives import count_flops, count_params, model_size_bytes
 from search_spaces.mobilenet import mobilenet
+from tests.conftest import MODERATE_KNOBS
 
 SHAPE = (1, 28, 28)
 PARAMS = {"width_mult": 1.0, "se": True}
@@ -69,15 +70,7 @@ def test_techniques_keep_the_sharing(technique: str) -> None:
     model = _model(True)
     if get(technique).not_applicable(model, SHAPE) is not None:
         return  # e.g. head_pruning: no attention layer
-    knobs = {
-        "slimming": {"ratio": 0.3, "strength": 1e-4},
-        "filter_pruning": {"ratio": 0.3, "criterion": "l1"},
-        "lowrank": {"rank": 0.5},
-        "tucker": {"rank": 0.5},
-        "cp": {"rank": 0.5},
-        "quantize": {"bits": 8},
-        "distill": {},  # a training option: apply leaves the model as it is
-    }[technique]
+    knobs = MODERATE_KNOBS[technique]
     x = torch.rand(16, *SHAPE)
     out = get(technique).apply(copy.deepcopy(model), knobs, Context(SHAPE, x))
     assert _tied(out) == [1, 2, 5, 8]
