@@ -5,7 +5,9 @@ For each model: ``model.onnx`` (fp32, BN folded, dynamic batch), ``weights.safet
 ``nas.space.rebuild``; the compression applied), ``metrics.json`` (search-time and re-measured).
 A compressed model also gets ``model.pt`` (the whole module: its shapes changed), an 8-bit one
 ``model.int8.onnx`` (real int8, what is deployed and verified), a model below 8 bits
-``weights.packed.safetensors`` (the weights at their bit width; inference dequantizes them).
+``weights.packed.safetensors`` (the weights at their bit width; inference dequantizes them), an
+unstructured-pruned one ``weights.sparse.safetensors`` (CSR layers where smaller), a Deep
+Compression one ``model.dc`` (Huffman-coded, checked to decode to the same tensors).
 The deployed ONNX model is re-evaluated on the test split with onnxruntime; if its accuracy differs
 from the recorded test accuracy by more than ``export.tolerance`` the export fails and nothing of
 that model is written.
@@ -123,6 +125,18 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
         # conv/Linear + BN folded here, checked on test inputs (<= 1e-5) before the export
         fused, fusion = fuse_verified(plain, splits.test.x[:256])
         onnx_utils.to_onnx(fused, splits.input_shape, tmp / "model.onnx")
+        dc_sizes: dict[str, float] = {}
+        if "deep_compression" in compression:
+            dc_sizes = write_dc(model, tmp / "model.dc")
+        elif any(getattr(m, "sparse_weight", False) for m in model.modules()):
+            from safetensors.torch import save_file
+
+            from nas.compress.sparse_ops import to_sparse_state
+
+            save_file(to_sparse_state(model), str(tmp / "weights.sparse.safetensors"))
+            dc_sizes = {
+                "sparse_file_bytes": float((tmp / "weights.sparse.safetensors").stat().st_size)
+            }
         model_file = tmp / "model.onnx"
         if int8 is not None:
             model_file = tmp / "model.int8.onnx"
@@ -148,6 +162,7 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             "onnx_file_bytes": float(model_file.stat().st_size),
             "fusion": fusion,
             **packed_sizes,
+            **dc_sizes,
             f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
         }
         config = {
@@ -178,6 +193,31 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
         if tmp.exists():
             shutil.rmtree(tmp)
     return {"trial": p.number, **exported, "search_test_accuracy": p.metrics.get("test_accuracy")}
+
+
+def write_dc(model: nn.Module, path: Path) -> dict[str, float]:
+    """``model.dc`` (Deep Compression), checked: decoded into a zeroed copy of the model it gives
+    exactly the same tensors. Returns its size and its ratio to the fp32 weights."""
+    import copy
+
+    import torch
+
+    from nas.compress.dc_format import decode, encode
+
+    data = encode(model)
+    path.write_bytes(data)
+    blank = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in blank.parameters():
+            p.zero_()
+    decoded = decode(path.read_bytes(), blank).state_dict()
+    for name, t in model.state_dict().items():
+        if not torch.equal(decoded[name].to(t.dtype), t):
+            raise ExportVerificationError(
+                f"model.dc does not decode to the model ({name} differs); not exported"
+            )
+    fp32 = 4 * sum(p.numel() for p in model.parameters())
+    return {"dc_file_bytes": float(len(data)), "dc_ratio_vs_fp32": fp32 / len(data)}
 
 
 def export_selected(

@@ -265,7 +265,16 @@ class ExperimentProblem:
         plan = [s for s in candidate.plan if not s.technique.training_only]
         criterion = self._criterion(candidate, trial)
         hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
-        on_step = self._rung_reports(model, report) if report is not None else None
+        rungs = self._rung_reports(model, report) if report is not None else None
+        ctx = self.context()
+        hooks_each_step = [h for s in plan for h in s.technique.step_hooks(s.knobs, model, ctx)]
+        if rungs is not None:
+            hooks_each_step.append(rungs)
+
+        def on_step(step: int, steps: int) -> None:
+            for hook in hooks_each_step:
+                hook(step, steps)
+
         t0 = time.perf_counter()
         stats = train(
             model,
@@ -273,7 +282,7 @@ class ExperimentProblem:
             cfg,
             seed=seed,
             loss_hooks=hooks,
-            on_step=on_step,
+            on_step=on_step if hooks_each_step else None,
             criterion=criterion,
         )
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
@@ -296,6 +305,7 @@ class ExperimentProblem:
                 )
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
         compression = candidate.describe()
+        model = finish_sparse(model, compression)
         plain = as_deployed(model, compression)
         onnx = int8_onnx(plain, compression, self.context())
         metrics = self.measure(plain, trained=None, split=self.data.val, onnx=onnx)
@@ -314,6 +324,23 @@ def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
     for step in plan:
         model = step.technique.apply(model, step.knobs, ctx)
     model.nas_compression = {s.technique.name: s.knobs for s in plan}  # type: ignore[assignment]
+    return model
+
+
+def finish_sparse(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module:
+    """After the fine-tune: masked / shared weights written back as plain weights (the model
+    can then be saved whole), and a Deep Compression model's encoded size recorded."""
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    from nas.compress.sparse_ops import bake
+
+    bake(model)
+    if "deep_compression" in compression:
+        from nas.compress.dc_format import encode
+
+        model.nas_encoded_bytes = len(encode(model))  # type: ignore[assignment]
     return model
 
 

@@ -25,6 +25,9 @@ ORDER = (
     "lowrank",
     "tucker",
     "cp",
+    "unstructured",
+    "weight_sharing",
+    "deep_compression",
     "quantize",
 )
 _loaded = False
@@ -40,6 +43,7 @@ def _load() -> None:
         from nas.compress.lowrank import LowRank
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
+        from nas.compress.unstructured import DeepCompression, Unstructured, WeightSharing
 
         for tech in (
             Distill(),
@@ -49,6 +53,9 @@ def _load() -> None:
             LowRank(),
             Tucker(),
             CP(),
+            Unstructured(),
+            WeightSharing(),
+            DeepCompression(),
             Quantize(),
         ):
             TECHNIQUES.register(tech.name, tech)

@@ -9,7 +9,7 @@ and ``finetune`` (epochs of fine-tuning after it is applied). ``nas techniques``
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -255,6 +255,13 @@ class Technique:
 
     def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
         """Regularisers added to the training loss (e.g. slimming's BN-gamma L1)."""
+        return []
+
+    def step_hooks(
+        self, knobs: Mapping[str, Any], model: nn.Module, ctx: Context
+    ) -> list[Callable[[int, int], None]]:
+        """Called after each optimizer step of the main training with ``(step, steps)``
+        (e.g. gradual pruning raising the sparsity along training)."""
         return []
 
     def criterion(self, knobs: Mapping[str, Any], ctx: Context) -> Criterion | None:

@@ -11,6 +11,7 @@ import torch
 from nas.compress import Context, get, list_techniques, parse_compression
 from nas.errors import NasError
 from nas.onnx_utils import session, to_onnx
+from nas.pipeline import finish_sparse
 from nas.space import list_spaces, resolve_space
 from objectives import count_flops, count_params, model_size_bytes
 
@@ -86,6 +87,7 @@ def test_technique_on_space(
         out = tech.apply(model, knobs, ctx)
         for a, b in zip(before.state_dict().values(), model.state_dict().values(), strict=True):
             assert torch.equal(a, b), "apply must not modify its input model"
+        out = finish_sparse(out, {technique: knobs})  # what the pipeline does after the fine-tune
         x = torch.rand(4, *shape)
         out.eval()
         assert out(x).shape == (4, 10)
@@ -175,7 +177,12 @@ STRONG = {
 # numeric: fewer weight bytes (size_bytes counts bits), the same multiply-adds. Its int8 ONNX file
 # is not always smaller: for a tiny mobilenet the QDQ nodes and per-channel scales outweigh the
 # 3 bytes saved per weight (44 kB int8 vs 37 kB fp32 for the test model here)
-NUMERIC = {"quantize": {"bits": 8}}
+NUMERIC = {
+    "quantize": {"bits": 8},
+    "unstructured": {"sparsity": 0.8, "criterion": "magnitude", "schedule": "oneshot"},
+    "weight_sharing": {"bits": 4},
+    "deep_compression": {"sparsity": 0.9, "bits": 4},
+}
 
 
 @pytest.mark.parametrize("space", [s for s in list_spaces() if s != "pretrained"])
@@ -201,6 +208,7 @@ def test_technique_shrinks_the_exported_onnx_model(technique: str, space: str) -
     ctx = Context(shape, x, calib_y=torch.randint(0, 10, (64,)))
     out = tech.apply(copy.deepcopy(model), knobs, ctx)
     compression = {technique: knobs}
+    out = finish_sparse(out, compression)  # what the pipeline does after the fine-tune
     plain = as_deployed(out, compression)
     exported = int8_onnx(plain, compression, ctx) or to_onnx(plain, shape)
     if technique in STRONG:
