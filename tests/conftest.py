@@ -18,6 +18,10 @@ MODERATE_KNOBS: dict[str, dict[str, object]] = {
     "tucker": {"rank": 0.5},
     "cp": {"rank": 0.5},
     "quantize": {"bits": 8},
+    "unstructured": {"sparsity": 0.5, "criterion": "magnitude", "schedule": "oneshot"},
+    "dns": {"sparsity": 0.5},
+    "weight_sharing": {"bits": 4},
+    "deep_compression": {"sparsity": 0.8, "bits": 4},
     "distill": {},  # a training option: apply leaves the model as it is
 }
 

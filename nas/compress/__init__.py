@@ -26,6 +26,7 @@ ORDER = (
     "tucker",
     "cp",
     "unstructured",
+    "dns",
     "weight_sharing",
     "deep_compression",
     "quantize",
@@ -43,7 +44,12 @@ def _load() -> None:
         from nas.compress.lowrank import LowRank
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
-        from nas.compress.unstructured import DeepCompression, Unstructured, WeightSharing
+        from nas.compress.unstructured import (
+            DeepCompression,
+            DynamicSurgery,
+            Unstructured,
+            WeightSharing,
+        )
 
         for tech in (
             Distill(),
@@ -54,6 +60,7 @@ def _load() -> None:
             Tucker(),
             CP(),
             Unstructured(),
+            DynamicSurgery(),
             WeightSharing(),
             DeepCompression(),
             Quantize(),

@@ -18,6 +18,7 @@ Scope ``global`` ranks all layers' weights together, ``layer`` prunes each layer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -280,7 +281,9 @@ def to_sparse_state(model: nn.Module) -> dict[str, torch.Tensor]:
             nnz = int((m2 != 0).sum())
             csr_bytes = nnz * (4 + col_dtype.itemsize) + (m2.shape[0] + 1) * 4
             if csr_bytes < t.numel() * 4:
-                csr = m2.to_sparse_csr()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                    csr = m2.to_sparse_csr()
                 out[f"{name}.values"] = csr.values().contiguous()
                 out[f"{name}.col"] = csr.col_indices().to(col_dtype).contiguous()
                 out[f"{name}.row_ptr"] = csr.crow_indices().to(torch.int32).contiguous()
@@ -302,9 +305,63 @@ def from_sparse_state(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> 
                 tensors[f"{name}.col"].long(),
                 tensors[f"{name}.values"],
                 size=(rows, math.prod(shape[1:])),
+                check_invariants=True,  # a corrupt file raises instead of reading wrong memory
             )
             state[name] = csr.to_dense().reshape(shape)
         else:
             state[name] = tensors[name]
     model.load_state_dict(state)
+    return model
+
+
+class SurgeryMask(nn.Module):
+    """Dynamic network surgery (Guo et al. 2016): the forward uses ``w * mask`` but the gradient
+    reaches every weight as if unmasked (straight through), so a pruned weight keeps learning and
+    can be spliced back when it grows."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.float32))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (w * self.mask - w).detach()
+
+
+def surgery_step(model: nn.Module, sparsity: float, band: float = 0.1) -> None:
+    """Update every layer's surgery mask IN PLACE: with ``t`` the global ``sparsity``-quantile of
+    ``|w|``, weights below ``(1 - band) t`` are pruned, above ``(1 + band) t`` spliced back, the
+    others keep their state (the hysteresis keeps masks from flickering). Layers get a
+    :class:`SurgeryMask` on the first call."""
+    names = prunable_weights(model)
+    originals = {}
+    for n in names:
+        m = model.get_submodule(n)
+        if not parametrize.is_parametrized(m, "weight"):
+            parametrize.register_parametrization(
+                m, "weight", SurgeryMask(torch.ones_like(m.weight))
+            )
+        originals[n] = m.parametrizations.weight.original.detach().abs()
+    flat = torch.cat([w.flatten() for w in originals.values()])
+    k = math.floor(sparsity * flat.numel())
+    if k == 0:
+        return
+    t = float(flat.kthvalue(k).values)
+    for n, w in originals.items():
+        mask = model.get_submodule(n).parametrizations.weight[0].mask
+        mask[w < (1 - band) * t] = 0.0
+        mask[w > (1 + band) * t] = 1.0
+
+
+def harden(model: nn.Module) -> nn.Module:
+    """Turn surgery masks into plain masks (pruned weights zero, no more gradient), IN PLACE."""
+    for n in prunable_weights(model):
+        m = model.get_submodule(n)
+        if parametrize.is_parametrized(m, "weight") and isinstance(
+            m.parametrizations.weight[0], SurgeryMask
+        ):
+            mask = m.parametrizations.weight[0].mask.clone()
+            with torch.no_grad():
+                m.parametrizations.weight.original.mul_(mask)
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+            parametrize.register_parametrization(m, "weight", Masked(mask))
     return model

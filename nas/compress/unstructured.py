@@ -5,6 +5,9 @@
   (after training) or gradual (raised along training, Zhu & Gupta 2017); the fine-tune keeps the
   zeros. Exports: the model with its zeros, and CSR-stored layers where that is smaller
   (``size_bytes`` counts the stored format).
+- ``dns``: dynamic network surgery (Guo et al. 2016), masks updated along training with pruning
+  and splicing thresholds around the sparsity quantile; masked weights still learn (straight
+  through) and come back when they grow.
 - ``weight_sharing``: each layer's weights clustered into ``2^bits`` shared values (k-means), the
   centroids fine-tuned with gradient sharing. Exports: indices + codebook (size in bits).
 - ``deep_compression`` (Han et al. 2016): gradual magnitude pruning during training (one global
@@ -23,15 +26,18 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from nas.compress._base import Context, Knob, Technique, criterion_knob, fraction_knob
 from nas.compress.sparse_ops import (
     CRITERIA,
     bake,
+    harden,
     prunable_weights,
     prune_unstructured,
     share_weights,
+    surgery_step,
 )
 
 GRADUAL_START, GRADUAL_END, GRADUAL_UPDATES = 0.2, 0.7, 10  # fractions of training; mask updates
@@ -77,8 +83,9 @@ class Unstructured(Technique):
             "choice",
             (0.0, 0.0),
             ("oneshot",),
-            options=("oneshot", "gradual"),
-            help="oneshot after training, or gradual along training (Zhu & Gupta)",
+            options=("oneshot", "gradual", "rewind"),
+            help="oneshot after training, gradual along it (Zhu & Gupta), or rewind (lottery "
+            "ticket: the survivors reset to their values early in training, then retrained)",
         ),
     )
     per_layer_knob = "sparsity"
@@ -98,12 +105,17 @@ class Unstructured(Technique):
         }
 
     def step_hooks(self, knobs: Mapping[str, Any], model: nn.Module, ctx: Context) -> list:
-        if knobs.get("schedule") != "gradual":
-            return []
-        return [gradual_hook(model, knobs["sparsity"], **self._kw(knobs, ctx))]
+        if knobs.get("schedule") == "gradual":
+            return [gradual_hook(model, knobs["sparsity"], **self._kw(knobs, ctx))]
+        if knobs.get("schedule") == "rewind":
+            return [rewind_snapshot_hook(model)]
+        return []
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
-        return prune_unstructured(copy.deepcopy(model), knobs["sparsity"], **self._kw(knobs, ctx))
+        out = prune_unstructured(copy.deepcopy(model), knobs["sparsity"], **self._kw(knobs, ctx))
+        if knobs.get("schedule") == "rewind":
+            rewind(out)
+        return out
 
     def estimate(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         """The sparsity is set by the knobs: magnitude masks on the initial weights give it."""
@@ -111,6 +123,71 @@ class Unstructured(Technique):
             copy.deepcopy(model), knobs["sparsity"], scope=self._kw(knobs, ctx)["scope"]
         )
         return bake(pruned)
+
+
+REWIND_AT = 0.05  # lottery-ticket rewinding point, a fraction of the training steps
+
+
+def rewind_snapshot_hook(model: nn.Module) -> Callable[[int, int], None]:
+    """Keep the weights of ``model`` as they are at ``REWIND_AT`` of training (on the model)."""
+
+    def hook(step: int, steps: int) -> None:
+        if "nas_rewind" not in vars(model) and step >= max(1, round(REWIND_AT * steps)):
+            model.nas_rewind = {  # type: ignore[assignment]
+                n: model.get_submodule(n).weight.detach().clone() for n in prunable_weights(model)
+            }
+
+    return hook
+
+
+def rewind(model: nn.Module) -> nn.Module:
+    """Lottery-ticket rewinding (Frankle et al. 2019): the surviving weights of a masked model
+    reset to their early-training values, IN PLACE; the fine-tune then retrains the sparse net."""
+    from torch.nn.utils import parametrize
+
+    early = vars(model).pop("nas_rewind", None)
+    if early is None:
+        raise ValueError(
+            "unstructured pruning: schedule rewind found no early weights (the model was not "
+            "trained with the technique's step hook); use oneshot or gradual"
+        )
+    for n, w in early.items():
+        m = model.get_submodule(n)
+        target = m.parametrizations.weight.original if parametrize.is_parametrized(m) else m.weight
+        with torch.no_grad():
+            target.copy_(w)
+    return model
+
+
+class DynamicSurgery(Technique):
+    name = "dns"
+    description = "dynamic network surgery: masks pruned and spliced along training"
+    knobs = (fraction_knob("sparsity", "fraction of Linear/conv weights masked", (0.5, 0.95)),)
+    no_eligible_layer = "no Linear or conv layer"
+    exports = "the sparse model; CSR-stored layers where smaller (size counts the format)"
+    UPDATE_EVERY = 10  # steps between mask updates
+
+    def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+        return prunable_weights(model)
+
+    def step_hooks(self, knobs: Mapping[str, Any], model: nn.Module, ctx: Context) -> list:
+        sparsity = float(knobs["sparsity"])
+
+        def hook(step: int, steps: int) -> None:
+            start = round(GRADUAL_START * steps)
+            if step >= start and (step - start) % self.UPDATE_EVERY == 0:
+                # the sparsity rises to its target by GRADUAL_END, then masks keep adapting
+                u = min(1.0, (step - start) / max(1, (GRADUAL_END - GRADUAL_START) * steps))
+                surgery_step(model, sparsity * (1 - (1 - u) ** 3))
+
+        return [hook]
+
+    def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        out = harden(copy.deepcopy(model))  # after training: the masks are final
+        return prune_unstructured(out, float(knobs["sparsity"]))  # exactly the target
+
+    def estimate(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
+        return bake(prune_unstructured(copy.deepcopy(model), float(knobs["sparsity"])))
 
 
 class WeightSharing(Technique):

@@ -199,3 +199,50 @@ def test_unstructured_trials_search_criteria_and_schedules(tmp_path: Path) -> No
     (d,) = run.front().export(tmp_path / "out", select=str(done[0].number), progress=False)
     m = json.loads((d / "metrics.json").read_text())
     assert m["exported"]["sparse_file_bytes"] < (d / "weights.safetensors").stat().st_size
+
+
+def test_surgery_prunes_splices_and_lets_masked_weights_learn() -> None:
+    from nas.compress.sparse_ops import harden, surgery_step
+
+    model = nn.Sequential(nn.Linear(10, 10))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(100, dtype=torch.float32).reshape(10, 10) / 100)
+    surgery_step(model, 0.5)
+    mask = model[0].parametrizations.weight[0].mask
+    assert mask.flatten()[:45].sum() == 0 and mask.flatten()[56:].min() == 1  # band kept as it was
+    x = torch.rand(4, 10)
+    model(x).sum().backward()
+    original = model[0].parametrizations.weight.original
+    assert original.grad.flatten()[:45].abs().sum() > 0  # masked weights still get gradients
+    with torch.no_grad():
+        original[0, 0] = 5.0  # a pruned weight grew: it is spliced back
+    surgery_step(model, 0.5)
+    assert mask[0, 0] == 1
+    harden(model)
+    assert (model[0].weight == 0).sum() >= 44
+
+
+def test_lottery_rewind_resets_survivors_to_early_weights() -> None:
+    from nas.compress import Context, get
+
+    tech = get("unstructured")
+    knobs = {"sparsity": 0.8, "criterion": "magnitude", "schedule": "rewind"}
+    model = _lenet().train()
+    (hook,) = tech.step_hooks(knobs, model, Context((1, 28, 28)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    early = None
+    for step in range(1, 41):
+        loss = nn.functional.cross_entropy(model(torch.rand(8, 1, 28, 28)), torch.zeros(8).long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hook(step, 40)
+        if step == 2:
+            early = model[1].weight.detach().clone()
+    out = tech.apply(model, knobs, Context((1, 28, 28)))
+    w = out[1].weight.detach()
+    kept = w != 0
+    assert sparsity_of(out) == pytest.approx(0.8, abs=0.01)
+    assert torch.equal(w[kept], early[kept])  # the survivors are back at step 2 (5 % of 40)
+    with pytest.raises(ValueError, match="no early weights"):
+        tech.apply(_lenet(), knobs, Context((1, 28, 28)))

@@ -180,6 +180,7 @@ STRONG = {
 NUMERIC = {
     "quantize": {"bits": 8},
     "unstructured": {"sparsity": 0.8, "criterion": "magnitude", "schedule": "oneshot"},
+    "dns": {"sparsity": 0.8},
     "weight_sharing": {"bits": 4},
     "deep_compression": {"sparsity": 0.9, "bits": 4},
 }
