@@ -9,13 +9,14 @@ from __future__ import annotations
 from nas.registry import Registry
 from objectives.accuracy import Accuracy
 from objectives.base import MeasureContext, Objective
+from objectives.energy_uj import EnergyUj, energy_uj
 from objectives.flops import Flops, count_flops
 from objectives.latency_ms import LatencyMs
 from objectives.params import Params, count_params
 from objectives.size_bytes import SizeBytes, model_size_bytes
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
-for _obj in (Accuracy(), Flops(), Params(), SizeBytes(), LatencyMs()):
+for _obj in (Accuracy(), Flops(), Params(), SizeBytes(), LatencyMs(), EnergyUj()):
     OBJECTIVES.register(_obj.name, _obj)
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "Objective",
     "count_flops",
     "count_params",
+    "energy_uj",
     "model_size_bytes",
 ]

@@ -32,7 +32,9 @@ class FilterPruning(Technique):
     description = "whole filters / neurons removed by L1, L2, FPGM or Taylor importance"
     knobs = (
         fraction_knob("ratio", "fraction of prunable channels removed"),
-        criterion_knob(CRITERIA, "importance: l1 / l2 filter norm, fpgm, taylor (grad x weight)"),
+        criterion_knob(
+            CRITERIA, "importance: l1 / l2 norm, fpgm, taylor (grad x weight), energy-aware l1"
+        ),
         round_to_knob("kept channels"),
     )
     no_eligible_layer = "no conv / Linear whose output channels can shrink"

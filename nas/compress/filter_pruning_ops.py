@@ -14,7 +14,10 @@ Criteria (score of one output channel ``c`` of a producing layer with weight ``W
 - ``fpgm``: ``sum_j ||W[c] - W[j]||_2``, the distance to the layer's other filters; the filters
   nearest the geometric median are the most replaceable (He et al. 2019, FPGM);
 - ``taylor``: ``(sum_k W[c]_k dL/dW[c]_k)^2`` accumulated over batches of training data, the
-  first-order estimate of the loss change when the filter is removed (Molchanov et al. 2019).
+  first-order estimate of the loss change when the filter is removed (Molchanov et al. 2019);
+- ``energy``: energy-aware pruning (Yang et al. 2017): the ``l1`` score divided by the share of
+  the inference energy its layers use (``objectives/energy_uj.py``), so a global ranking removes
+  filters from the layers that cost the most energy first.
 
 Each layer's scores are divided by their mean, so that layers of different scales rank together;
 a group with several producers (a residual stage) averages its producers' scores. Removal is
@@ -31,7 +34,7 @@ from torch import nn
 
 from nas.compress.slimming_ops import cut, prunable_groups, select_channels
 
-CRITERIA = ("l1", "l2", "fpgm", "taylor")
+CRITERIA = ("l1", "l2", "fpgm", "taylor", "energy")
 
 __all__ = ["CRITERIA", "channel_scores", "prunable_layers", "prune_filters"]
 
@@ -88,6 +91,7 @@ def channel_scores(
     model: nn.Module,
     criterion: str,
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> list[list[float]]:
     """Per prunable group (``prunable_groups`` order): a score per channel; low goes first."""
     if criterion not in CRITERIA:
@@ -103,13 +107,30 @@ def channel_scores(
                 "(calibration data); none were given"
             )
         grads = taylor_terms(model, [n for g in groups for n in g.producers], data)
+    share = [1.0] * len(groups)
+    if criterion == "energy":
+        if input_shape is None:
+            raise ValueError("filter pruning: the energy criterion needs the input shape")
+        from objectives.energy_uj import layer_energy
+
+        energy = {
+            n: sum(v for k, v in e.items() if k != "macs")
+            for n, e in layer_energy(model, input_shape).items()
+        }
+        per_group = [sum(energy.get(n, 0.0) for n in g.producers) for g in groups]
+        mean = sum(per_group) / len(per_group) or 1.0
+        share = [max(e / mean, 1e-6) for e in per_group]
     out = []
-    for g in groups:
+    for g, s in zip(groups, share, strict=True):
         per = [
-            _layer_scores(model.get_submodule(n).weight, criterion, grads.get(n))
+            _layer_scores(
+                model.get_submodule(n).weight,
+                "l1" if criterion == "energy" else criterion,
+                grads.get(n),
+            )
             for n in g.producers
         ]
-        out.append(torch.stack(per).mean(0).tolist())
+        out.append((torch.stack(per).mean(0) / s).tolist())
     return out
 
 
@@ -143,7 +164,7 @@ def prune_filters(
             "Linear output is tied to the model's output, a concat, a reshape or another op "
             "whose channels cannot shrink)"
         )
-    scores = channel_scores(model, criterion, data)
+    scores = channel_scores(model, criterion, data, input_shape)
     keep = select_channels(
         groups,
         scores,

@@ -260,3 +260,13 @@ def test_an_unknown_op_skips_the_candidate_with_its_name() -> None:
     model = _Rolled()
     out = prune_filters(model, 0.5, SHAPE)
     assert out.a.out_channels == 4 and out.b.out_channels == 3
+
+
+def test_energy_aware_pruning_takes_more_from_the_costly_layers() -> None:
+    from objectives.energy_uj import energy_uj
+
+    model = _mobilenet()
+    by_l1 = prune_filters(model, 0.3, SHAPE, criterion="l1")
+    by_energy = prune_filters(model, 0.3, SHAPE, criterion="energy")
+    # the same number of channels removed, but chosen where the energy goes
+    assert energy_uj(by_energy, SHAPE) < energy_uj(by_l1, SHAPE)

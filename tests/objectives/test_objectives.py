@@ -273,3 +273,17 @@ def test_accuracy_counts_partially_correct_split() -> None:
 def test_accuracy_needs_a_split() -> None:
     with pytest.raises(NasError, match=re.escape("MeasureContext(split=...)")):
         OBJECTIVES.get("accuracy").measure(AlwaysZero(), MeasureContext(input_shape=SHAPE))
+
+
+def test_energy_of_a_linear_by_hand() -> None:
+    from objectives.energy_uj import energy_uj
+
+    model = nn.Sequential(nn.Linear(10, 5))
+    # 50 MACs x 4.6 pJ + 50 fp32 weights from DRAM x 640 pJ + (10 + 5) activations x 5 pJ
+    assert energy_uj(model, (10,)) == pytest.approx((50 * 4.6 + 50 * 640 + 15 * 5) / 1e6)
+    model[0].weight_bits = 8  # int8: 0.23 pJ MACs, a quarter of the weight and activation traffic
+    assert energy_uj(model, (10,)) == pytest.approx((50 * 0.23 + 50 * 160 + 15 * 1.25) / 1e6)
+    with torch.no_grad():
+        model[0].weight[:, :8] = 0
+    model[0].sparse_weight = True  # only the 10 non-zero weights are fetched
+    assert energy_uj(model, (10,)) == pytest.approx((50 * 0.23 + 10 * 160 + 15 * 1.25) / 1e6)
