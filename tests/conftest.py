@@ -20,6 +20,7 @@ MODERATE_KNOBS: dict[str, dict[str, object]] = {
     "quantize": {"bits": 8},
     "unstructured": {"sparsity": 0.5, "criterion": "magnitude", "schedule": "oneshot"},
     "dns": {"sparsity": 0.5},
+    "binarize": {"mode": "binary", "activations": "binary"},
     "weight_sharing": {"bits": 4},
     "deep_compression": {"sparsity": 0.8, "bits": 4},
     "distill": {},  # a training option: apply leaves the model as it is

@@ -29,6 +29,7 @@ ORDER = (
     "dns",
     "weight_sharing",
     "deep_compression",
+    "binarize",
     "quantize",
 )
 _loaded = False
@@ -37,6 +38,7 @@ _loaded = False
 def _load() -> None:
     global _loaded
     if not _loaded:
+        from nas.compress.binary import Binarize
         from nas.compress.decompose import CP, Tucker
         from nas.compress.distill import Distill
         from nas.compress.filter_pruning import FilterPruning
@@ -63,6 +65,7 @@ def _load() -> None:
             DynamicSurgery(),
             WeightSharing(),
             DeepCompression(),
+            Binarize(),
             Quantize(),
         ):
             TECHNIQUES.register(tech.name, tech)

@@ -253,17 +253,20 @@ def share_weights(
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Write every masked / shared weight back as a plain parameter (its effective value), IN
-    PLACE; each layer keeps ``weight_codebook_bits`` (shared) and is marked ``sparse_weight``."""
+    """Write every reparametrized weight (masked, shared, binary...) back as a plain parameter
+    (its effective value), IN PLACE; shared layers keep ``weight_codebook_bits`` and masked or
+    shared ones are marked ``sparse_weight``."""
     for n in prunable_weights(model):
         module = model.get_submodule(n)
         if parametrize.is_parametrized(module, "weight"):
             p = module.parametrizations.weight[0]
             bits = p.bits if isinstance(p, Shared) else None
+            sparse = isinstance(p, Masked | Shared | SurgeryMask)  # not e.g. binary weights
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             if bits is not None:
                 module.weight_codebook_bits = bits
-            module.sparse_weight = True
+            if sparse:
+                module.sparse_weight = True
     return model
 
 
@@ -314,6 +317,18 @@ def from_sparse_state(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> 
     return model
 
 
+class StraightThrough(torch.autograd.Function):
+    """Forward: exactly ``value``; backward: the gradient goes to ``w`` unchanged."""
+
+    @staticmethod
+    def forward(ctx: object, w: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class SurgeryMask(nn.Module):
     """Dynamic network surgery (Guo et al. 2016): the forward uses ``w * mask`` but the gradient
     reaches every weight as if unmasked (straight through), so a pruned weight keeps learning and
@@ -324,7 +339,7 @@ class SurgeryMask(nn.Module):
         self.register_buffer("mask", mask.to(torch.float32))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (w * self.mask - w).detach()
+        return StraightThrough.apply(w, (w * self.mask).detach())
 
 
 def surgery_step(model: nn.Module, sparsity: float, band: float = 0.1) -> None:

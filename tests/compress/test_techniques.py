@@ -118,7 +118,10 @@ def test_technique_on_space(
         ({"pruning": {}}, "unknown technique 'pruning'"),
         ({"lowrank": 0.5}, "must be a mapping"),
         ({"quantize": {"finetune": -1}}, "finetune"),
-        ({"filter_pruning": {"criterion": "l3"}}, "'l3' is not one of {l1, l2, fpgm, taylor}"),
+        (
+            {"filter_pruning": {"criterion": "l3"}},
+            "'l3' is not one of {l1, l2, fpgm, taylor, energy}",
+        ),
         ({"filter_pruning": {"criterion": ["l1", 2]}}, "2 is not one of"),
         ({"filter_pruning": {"ratio": [0.2, 1.0]}}, "outside [0, 1)"),
         ({"tucker": {"rank": [0.0, 0.5]}}, "outside (0, 1]"),
@@ -181,6 +184,7 @@ NUMERIC = {
     "quantize": {"bits": 8},
     "unstructured": {"sparsity": 0.8, "criterion": "magnitude", "schedule": "oneshot"},
     "dns": {"sparsity": 0.8},
+    "binarize": {"mode": "ternary", "activations": "float"},
     "weight_sharing": {"bits": 4},
     "deep_compression": {"sparsity": 0.9, "bits": 4},
 }
