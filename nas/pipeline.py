@@ -369,16 +369,23 @@ def int8_onnx(plain: nn.Module, compression: Mapping[str, Any], ctx: Context) ->
     ``plain`` is ``as_deployed(model, compression)``. int8: BN folded, onnxruntime static QDQ
     quantization calibrated on training data.
     """
-    knobs = compression.get("quantize")
+    from nas.compress.quant_ops import export_int8, export_int8_dynamic
     from nas.compress.quantize import is_int8
 
-    if knobs is None or not is_int8(knobs):
+    knobs = compression.get("quantize")
+    calibration = "minmax"
+    if "dfq" in compression:  # no data: dynamic quantization of the equalized model
+        with tempfile.TemporaryDirectory() as tmp:
+            return export_int8_dynamic(plain, ctx.input_shape, Path(tmp) / "int8.onnx").read_bytes()
+    if "ptq" in compression:
+        calibration = str(compression["ptq"].get("calibration", "minmax"))
+    elif knobs is None or not is_int8(knobs):
         return None
-    from nas.compress.quant_ops import export_int8
-
     assert ctx.calib_x is not None
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_int8(plain, ctx.input_shape, ctx.calib_x, Path(tmp) / "int8.onnx")
+        path = export_int8(
+            plain, ctx.input_shape, ctx.calib_x, Path(tmp) / "int8.onnx", calibration=calibration
+        )
         return Path(path).read_bytes()
 
 

@@ -21,6 +21,8 @@ MODERATE_KNOBS: dict[str, dict[str, object]] = {
     "unstructured": {"sparsity": 0.5, "criterion": "magnitude", "schedule": "oneshot"},
     "dns": {"sparsity": 0.5},
     "binarize": {"mode": "binary", "activations": "binary"},
+    "ptq": {"calibration": "minmax"},
+    "dfq": {},
     "weight_sharing": {"bits": 4},
     "deep_compression": {"sparsity": 0.8, "bits": 4},
     "distill": {},  # a training option: apply leaves the model as it is

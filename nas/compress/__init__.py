@@ -31,6 +31,8 @@ ORDER = (
     "deep_compression",
     "binarize",
     "quantize",
+    "ptq",
+    "dfq",
 )
 _loaded = False
 
@@ -44,6 +46,7 @@ def _load() -> None:
         from nas.compress.filter_pruning import FilterPruning
         from nas.compress.head_pruning import HeadPruning
         from nas.compress.lowrank import LowRank
+        from nas.compress.ptq import DFQ, PTQ
         from nas.compress.quantize import Quantize
         from nas.compress.slimming import Slimming
         from nas.compress.unstructured import (
@@ -67,6 +70,8 @@ def _load() -> None:
             DeepCompression(),
             Binarize(),
             Quantize(),
+            PTQ(),
+            DFQ(),
         ):
             TECHNIQUES.register(tech.name, tech)
         _loaded = True

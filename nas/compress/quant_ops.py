@@ -419,6 +419,7 @@ def export_int8(
     *,
     per_channel: bool = True,
     reduce_range: bool = False,
+    calibration: str = "minmax",
 ) -> Path:
     """Write a real int8 ONNX model (QDQ format) of ``model`` to ``path`` and return the path.
 
@@ -476,9 +477,33 @@ def export_int8(
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=(
+                CalibrationMethod.Percentile
+                if calibration == "percentile"
+                else CalibrationMethod.MinMax
+            ),
+            extra_options={"CalibPercentile": 99.99} if calibration == "percentile" else {},
             nodes_to_exclude=keep_fp32,
         )
+    return path
+
+
+def export_int8_dynamic(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+    """Int8 with NO data: onnxruntime dynamic quantization of the (BN-folded) fp32 export:
+    per-tensor symmetric int8 weights, activation ranges computed at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nas import onnx_utils
+    from nas.compress.fusion import fold_bn
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx_utils.to_onnx(
+            fold_bn(strip_qat(model) if _is_qat(model) else model), input_shape, fp32
+        )
+        quantize_dynamic(str(fp32), str(path), per_channel=False, weight_type=QuantType.QInt8)
     return path
 
 

@@ -185,6 +185,8 @@ NUMERIC = {
     "unstructured": {"sparsity": 0.8, "criterion": "magnitude", "schedule": "oneshot"},
     "dns": {"sparsity": 0.8},
     "binarize": {"mode": "ternary", "activations": "float"},
+    "ptq": {"calibration": "percentile"},
+    "dfq": {},
     "weight_sharing": {"bits": 4},
     "deep_compression": {"sparsity": 0.9, "bits": 4},
 }
