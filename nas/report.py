@@ -60,6 +60,8 @@ def describe_compression(compression: Mapping[str, Any]) -> str:
             main = sum(main.values()) / max(len(main), 1)
         if name == "quantize" and main is not None:
             parts.append("int8" if float(main) == 8 else f"{float(main):g}-bit")
+        elif isinstance(main, str):  # e.g. ptq minmax, binarize ternary
+            parts.append(f"{name} {main}")
         else:
             parts.append(name if main is None else f"{name} {float(main):.2g}")
     return ", ".join(parts) or "-"

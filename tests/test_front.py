@@ -282,3 +282,18 @@ def test_front_summary() -> None:
     assert d["knee"] == front.knee().number
     assert [p["number"] for p in d["front"]] == [1, 0, 4]
     assert math.isclose(d["hypervolume"], front.hypervolume)
+
+
+def test_describe_compression_names_every_kind_of_knob() -> None:
+    from nas.report import describe_compression
+
+    got = describe_compression(
+        {
+            "slimming": {"ratio": {"a": 0.2, "b": 0.4}},
+            "ptq": {"calibration": "minmax"},
+            "binarize": {"mode": "ternary", "activations": "float"},
+            "dfq": {},
+            "quantize": {"bits": 8},
+        }
+    )
+    assert got == "slimming 0.3, ptq minmax, binarize ternary, dfq, int8"
