@@ -134,3 +134,14 @@ def rebuild(
         num_classes=num_classes,
         args=args,
     )
+
+
+def rebuild_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """The (untrained) architecture of an export's ``config.json``: space, params, args, shapes."""
+    return rebuild(
+        resolve_space(config["space"]),
+        config["params"],
+        input_shape=tuple(config["input_shape"]),
+        num_classes=int(config["num_classes"]),
+        args=config.get("args") or {},
+    )

@@ -75,18 +75,12 @@ def _load_export(p: Path) -> nn.Module:
     import json
 
     from nas.pipeline import load_weights
-    from nas.space import rebuild, resolve_space
+    from nas.space import rebuild_from_config
 
     config = json.loads(config_file.read_text())
     if (folder / "model.pt").is_file():
         return as_float(torch.load(folder / "model.pt", weights_only=False)).eval()
-    model = rebuild(
-        resolve_space(config["space"]),
-        config["params"],
-        input_shape=tuple(config["input_shape"]),
-        num_classes=int(config["num_classes"]),
-        args=config.get("args") or {},
-    )
+    model = rebuild_from_config(config)
     weights = p if p.suffix == ".safetensors" else folder / "weights.safetensors"
     return load_weights(model, weights)
 

@@ -210,7 +210,7 @@ def decode(data: bytes, model: nn.Module) -> nn.Module:
 
 def load_dc(folder: str | Path) -> nn.Module:
     """The model of an export folder's ``model.dc``, rebuilt from its ``config.json``."""
-    from nas.space import rebuild, resolve_space
+    from nas.space import rebuild_from_config
 
     folder = Path(folder)
     dc, config_file = folder / "model.dc", folder / "config.json"
@@ -220,11 +220,4 @@ def load_dc(folder: str | Path) -> nn.Module:
             "for a deep_compression trial"
         )
     config = json.loads(config_file.read_text())
-    model = rebuild(
-        resolve_space(config["space"]),
-        config["params"],
-        input_shape=tuple(config["input_shape"]),
-        num_classes=int(config["num_classes"]),
-        args=config.get("args") or {},
-    )
-    return decode(dc.read_bytes(), model)
+    return decode(dc.read_bytes(), rebuild_from_config(config))
