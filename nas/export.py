@@ -6,7 +6,8 @@ For each model: ``model.onnx`` (fp32, BN folded, dynamic batch), ``weights.safet
 A compressed model also gets ``model.pt`` (the whole module: its shapes changed), an 8-bit one
 ``model.int8.onnx`` (real int8, what is deployed and verified), a model below 8 bits
 ``weights.packed.safetensors`` (the weights at their bit width; inference dequantizes them), an
-unstructured-pruned one ``weights.sparse.safetensors`` (CSR layers where smaller), a Deep
+unstructured-pruned one ``weights.sparse.safetensors`` (CSR layers where smaller), a weight-shared
+one ``weights.shared.safetensors`` (bit-packed indices + codebooks), a Deep
 Compression one ``model.dc`` (Huffman-coded, checked to decode to the same tensors).
 The deployed ONNX model is re-evaluated on the test split with onnxruntime; if its accuracy differs
 from the recorded test accuracy by more than ``export.tolerance`` the export fails and nothing of
@@ -128,6 +129,14 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
         dc_sizes: dict[str, float] = {}
         if "deep_compression" in compression:
             dc_sizes = write_dc(model, tmp / "model.dc")
+        elif "weight_sharing" in compression:
+            from safetensors.torch import save_file
+
+            from nas.compress.sparse_ops import to_shared_state
+
+            shared = tmp / "weights.shared.safetensors"
+            save_file(to_shared_state(model), str(shared))
+            dc_sizes = {"shared_file_bytes": float(shared.stat().st_size)}
         elif any(getattr(m, "sparse_weight", False) for m in model.modules()):
             from safetensors.torch import save_file
 

@@ -380,3 +380,47 @@ def harden(model: nn.Module) -> nn.Module:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
             parametrize.register_parametrization(m, "weight", Masked(mask))
     return model
+
+
+def to_shared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights.shared.safetensors``: each shared layer (``weight_codebook_bits``)
+    as its float32 codebook (``name.codebook``), its indices packed at the codebook's bit width
+    (``name.index``, uint8 bytes) and its shape; every other tensor as it is."""
+    from nas.compress.quant_ops import _pack_bits
+
+    shared = {
+        f"{n}.weight": int(m.weight_codebook_bits)
+        for n, m in model.named_modules()
+        if getattr(m, "weight_codebook_bits", None) is not None
+    }
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous()
+        if name in shared:
+            codebook = torch.unique(t)
+            bits = max(1, math.ceil(math.log2(max(len(codebook), 2))))
+            index = torch.searchsorted(codebook, t.flatten()).numpy()
+            out[f"{name}.codebook"] = codebook.float()
+            out[f"{name}.index"] = torch.from_numpy(_pack_bits(index, bits))
+            out[f"{name}.shape"] = torch.tensor(list(t.shape), dtype=torch.int32)
+            continue
+        out[name] = t
+    return out
+
+
+def from_shared_state(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> nn.Module:
+    """Load what :func:`to_shared_state` wrote into ``model`` (same architecture)."""
+    from nas.compress.quant_ops import _unpack_bits
+
+    state: dict[str, torch.Tensor] = {}
+    for name in model.state_dict():
+        if f"{name}.codebook" in tensors:
+            codebook = tensors[f"{name}.codebook"]
+            shape = tuple(int(s) for s in tensors[f"{name}.shape"])
+            bits = max(1, math.ceil(math.log2(max(len(codebook), 2))))
+            index = _unpack_bits(tensors[f"{name}.index"].numpy(), bits, math.prod(shape))
+            state[name] = codebook[torch.from_numpy(index)].reshape(shape)
+        else:
+            state[name] = tensors[name]
+    model.load_state_dict(state)
+    return model

@@ -87,6 +87,13 @@ class Unstructured(Technique):
             help="oneshot after training, gradual along it (Zhu & Gupta), or rewind (lottery "
             "ticket: the survivors reset to their values early in training, then retrained)",
         ),
+        Knob(
+            "l1",
+            "float",
+            (0.0, 1.0),
+            (0.0, 0.0),
+            help="L1 penalty on the weights during training (drives them to zero); 0: none",
+        ),
     )
     per_layer_knob = "sparsity"
     no_eligible_layer = "no Linear or conv layer"
@@ -103,6 +110,10 @@ class Unstructured(Technique):
             "scope": scope,
             "data": _data(ctx),
         }
+
+    def loss_hooks(self, knobs: Mapping[str, Any]) -> list:
+        strength = float(knobs.get("l1", 0.0))
+        return [lambda model: l1_penalty(model, strength)] if strength > 0 else []
 
     def step_hooks(self, knobs: Mapping[str, Any], model: nn.Module, ctx: Context) -> list:
         if knobs.get("schedule") == "gradual":
@@ -123,6 +134,13 @@ class Unstructured(Technique):
             copy.deepcopy(model), knobs["sparsity"], scope=self._kw(knobs, ctx)["scope"]
         )
         return bake(pruned)
+
+
+def l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """``strength * sum |w|`` over the Linear / conv weights (sparse representations)."""
+    return strength * sum(
+        model.get_submodule(n).weight.abs().sum() for n in prunable_weights(model)
+    )
 
 
 REWIND_AT = 0.05  # lottery-ticket rewinding point, a fraction of the training steps

@@ -246,3 +246,71 @@ def test_lottery_rewind_resets_survivors_to_early_weights() -> None:
     assert torch.equal(w[kept], early[kept])  # the survivors are back at step 2 (5 % of 40)
     with pytest.raises(ValueError, match="no early weights"):
         tech.apply(_lenet(), knobs, Context((1, 28, 28)))
+
+
+def test_shared_weights_file_packs_indices_and_round_trips(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from nas.compress.sparse_ops import from_shared_state, to_shared_state
+
+    model = bake(share_weights(_lenet(), 3))
+    state = to_shared_state(model)
+    assert state["1.weight.index"].numel() == 784 * 300 * 3 // 8  # 3 bits a weight
+    save_file(state, str(tmp_path / "s.safetensors"))
+    again = from_shared_state(load_file(str(tmp_path / "s.safetensors")), _lenet())
+    for name, t in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], t)
+
+
+def test_l1_knob_drives_weights_towards_zero() -> None:
+    from nas.compress import get
+    from nas.config import TrainConfig
+    from nas.data import Split
+    from nas.train import train
+
+    tech = get("unstructured")
+    assert tech.loss_hooks({"l1": 0.0}) == []
+    (hook,) = tech.loss_hooks({"l1": 1e-4})
+    model = _lenet()
+    expected = 1e-4 * sum(float(model[i].weight.abs().sum()) for i in (1, 3, 5))
+    assert float(hook(model)) == pytest.approx(expected, rel=1e-5)
+    torch.manual_seed(0)
+    data = Split(torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,)))
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=32)
+    plain, sparse = _lenet(), _lenet()
+    train(plain, data, cfg, seed=0)
+    train(sparse, data, cfg, seed=0, loss_hooks=[hook])
+    small = [float((m[1].weight.abs() < 1e-3).float().mean()) for m in (plain, sparse)]
+    assert small[1] > 2 * small[0]
+
+
+def test_weight_sharing_trial_exports_packed_indices(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from nas.compress.sparse_ops import from_shared_state
+
+    exp = experiment(
+        tmp_path,
+        compression={"weight_sharing": {"bits": 3, "finetune": 1}},
+        search__trials=1,
+        search__workers=1,
+    )
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    (d,) = run.front().export(tmp_path / "out", select="front", progress=False)
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["exported"]["shared_file_bytes"] < (d / "weights.safetensors").stat().st_size
+    whole = torch.load(d / "model.pt", weights_only=False).eval()
+    blank = copy_of(whole)
+    again = from_shared_state(load_file(str(d / "weights.shared.safetensors")), blank)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(again(x), whole(x))
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    blank = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in blank.parameters():
+            p.zero_()
+    return blank
