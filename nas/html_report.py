@@ -97,6 +97,7 @@ def build_report(run: Run) -> str:
             "completed trials (Optuna's default evaluator, PED-ANOVA).",
             _importances(study, front.directions),
         ),
+        *_sensitivity_section(run, front),
         _section(
             "Compression on the front",
             "How often each technique is applied in the front models vs in all feasible trials, "
@@ -354,6 +355,33 @@ def _importances(study: optuna.Study, directions: Mapping[str, str]) -> str:
             )
         blocks.append(f'<div class="imp"><h3>{escape(name)}</h3>{body}</div>')
     return '<div class="imps">' + "".join(blocks) + "</div>"
+
+
+def _sensitivity_section(run: Run, front: Front) -> list[str]:
+    """For runs that search bit widths: the knee model's per-layer quantization sensitivity."""
+    if "quantize" not in run.exp.compression:
+        return []
+    from nas.compress.quant_ops import sensitivity
+    from nas.export import trial_model
+
+    knee = front.knee()
+    val = run.splits.val
+    base, table = sensitivity(trial_model(run, knee), val.x[:2000], val.y[:2000])
+    bits = sorted({b for per in table.values() for b in per})
+    rows = [
+        {"layer": name, **{f"{b} bits": f"{100 * per[b]:+.2f}" for b in bits}}
+        for name, per in table.items()
+    ]
+    return [
+        _section(
+            f"Quantization sensitivity of the knee model (trial #{knee.number})",
+            f"Validation accuracy change (points, from {100 * base:.2f} % in float on up to "
+            "2,000 images) when only that layer's weights are rounded to the given bits "
+            "(symmetric, per channel): the layers that tolerate few bits are where per-layer "
+            "mixed precision (quantize: {per_layer: true}) saves the most.",
+            _table(rows, ["layer", *[f"{b} bits" for b in bits]]),
+        )
+    ]
 
 
 def technique_stats(front: Front) -> list[dict[str, str]]:

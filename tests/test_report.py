@@ -72,7 +72,8 @@ def test_report_is_valid_html_with_every_pair_and_front_trial(
         assert trials[str(p.number)]["status"].startswith("on the front")
     for p in front.infeasible:
         assert trials[str(p.number)]["status"] == "infeasible"
-    for section in ("Hypervolume over trials", "Parameter importance", "Compression on the front"):
+    sections = ("Hypervolume over trials", "Parameter importance", "Compression on the front")
+    for section in (*sections, "Quantization sensitivity of the knee model"):
         assert section in html
     assert "quantize" in html and "bits:" in html  # per-technique statistics
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline

@@ -597,3 +597,34 @@ def int8_ops(path: str | Path | bytes) -> set[str]:
 
     model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
     return {node.op_type for node in model.graph.node}
+
+
+def sensitivity(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: tuple[int, ...] = (2, 3, 4, 6, 8)
+) -> tuple[float, dict[str, dict[int, float]]]:
+    """Per-layer quantization sensitivity: the float accuracy on ``(x, y)``, and for each layer
+    and bit width the accuracy change when ONLY that layer's weights are rounded to ``bits``
+    (symmetric, per channel). Shows where mixed precision can afford few bits."""
+    plain = copy.deepcopy(strip_qat(model) if _is_qat(model) else model).eval()
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        correct = sum(
+            int((plain(x[i : i + 1024]).argmax(1) == y[i : i + 1024]).sum())
+            for i in range(0, len(x), 1024)
+        )
+        return correct / max(len(x), 1)
+
+    base = accuracy()
+    out: dict[str, dict[int, float]] = {}
+    for name in quantizable_layers(plain):
+        layer = plain.get_submodule(name)
+        original = layer.weight.detach().clone()
+        out[name] = {}
+        for b in bits:
+            with torch.no_grad():
+                layer.weight.copy_(fake_quant_weight(original, b))
+            out[name][b] = accuracy() - base
+        with torch.no_grad():
+            layer.weight.copy_(original)
+    return base, out

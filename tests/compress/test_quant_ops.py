@@ -368,3 +368,18 @@ def test_qat_layers_are_plain_subclasses():
         "0.act_quant.running_max",
         "0.act_quant.observed",
     }
+
+
+def test_sensitivity_rounds_one_layer_at_a_time_and_restores_it():
+    from nas.compress.quant_ops import sensitivity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(256, 16)
+    y = model(x).argmax(1)  # the float model is right on every example
+    before = [p.detach().clone() for p in model.parameters()]
+    base, table = sensitivity(model, x, y, bits=(2, 8))
+    assert base == 1.0 and set(table) == {"1", "3"}
+    assert all(-1.0 <= d <= 0.0 for per in table.values() for d in per.values())
+    assert table["1"][8] > -0.05 and table["1"][2] < table["1"][8]  # 2 bits hurt more than 8
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
