@@ -272,8 +272,8 @@ def test_l1_knob_drives_weights_towards_zero() -> None:
     assert tech.loss_hooks({"l1": 0.0}) == []
     (hook,) = tech.loss_hooks({"l1": 1e-4})
     model = _lenet()
-    expected = 1e-4 * sum(float(model[i].weight.abs().sum()) for i in (1, 3, 5))
-    assert float(hook(model)) == pytest.approx(expected, rel=1e-5)
+    expected = 1e-4 * sum(float(model[i].weight.detach().abs().sum()) for i in (1, 3, 5))
+    assert float(hook(model).detach()) == pytest.approx(expected, rel=1e-5)
     torch.manual_seed(0)
     data = Split(torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,)))
     cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=32)
