@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nas.compress._batches import over_batches
 from nas.compress.slimming_ops import cut, prunable_groups, select_channels
 
 CRITERIA = ("l1", "l2", "fpgm", "taylor", "energy")
@@ -68,22 +68,15 @@ def taylor_terms(
     model: nn.Module, layers: list[str], data: tuple[torch.Tensor, torch.Tensor], batch: int = 64
 ) -> dict[str, torch.Tensor]:
     """Per layer and output channel: sum over batches of ``(sum W * dL/dW)^2`` (cross-entropy)."""
-    x, y = data
     work = {n: model.get_submodule(n) for n in layers}
     acc = {n: torch.zeros(m.weight.shape[0]) for n, m in work.items()}
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # BN statistics stay as trained; gradients still flow
-    try:
-        for i in range(0, len(x), batch):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[i : i + batch]), y[i : i + batch]).backward()
-            for n, m in work.items():
-                if m.weight.grad is not None:
-                    acc[n] += _flat(m.weight * m.weight.grad).sum(1).pow(2)
-    finally:
-        model.zero_grad(set_to_none=True)
-        for m, mode in modes.items():
-            m.training = mode
+
+    def add() -> None:
+        for n, m in work.items():
+            if m.weight.grad is not None:
+                acc[n] += _flat(m.weight * m.weight.grad).sum(1).pow(2)
+
+    over_batches(model, data, add, backward=True, batch=batch)
     return acc
 
 

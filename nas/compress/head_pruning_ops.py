@@ -19,8 +19,9 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from nas.compress._batches import over_batches
 
 CRITERIA = ("l1", "taylor")
 
@@ -84,29 +85,20 @@ def _taylor(
     attn = {n: m for n, m in model.named_modules() if _is_attention(m)}
     mlps = {n: m for n, m in model.named_modules() if _is_mlp(m)}
     acc: dict[str, torch.Tensor] = {}
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    x, y = data
-    try:
-        for i in range(0, len(x), batch):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[i : i + batch]), y[i : i + batch]).backward()
-            for kind, layers, parts, units in (
-                ("heads", attn, _head_parts, lambda m: m.num_heads),
-                ("neurons", mlps, _neuron_parts, lambda m: m.fc1.out_features),
-            ):
-                for n, m in layers.items():
-                    s = sum(
-                        _per_unit(t * t.grad, d, units(m))
-                        for t, d in parts(m)
-                        if t.grad is not None
-                    )
-                    key = f"{kind}:{n}"
-                    acc[key] = acc.get(key, 0) + torch.as_tensor(s).pow(2)
-    finally:
-        model.zero_grad(set_to_none=True)
-        for m, mode in modes.items():
-            m.training = mode
+
+    def add() -> None:
+        for kind, layers, parts, units in (
+            ("heads", attn, _head_parts, lambda m: m.num_heads),
+            ("neurons", mlps, _neuron_parts, lambda m: m.fc1.out_features),
+        ):
+            for n, m in layers.items():
+                s = sum(
+                    _per_unit(t * t.grad, d, units(m)) for t, d in parts(m) if t.grad is not None
+                )
+                key = f"{kind}:{n}"
+                acc[key] = acc.get(key, 0) + torch.as_tensor(s).pow(2)
+
+    over_batches(model, data, add, backward=True, batch=batch)
     return acc
 
 

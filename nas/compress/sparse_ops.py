@@ -22,9 +22,10 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+from nas.compress._batches import over_batches
 
 CRITERIA = ("magnitude", "gradient", "activation")
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -93,9 +94,6 @@ def _scores(
             f"unstructured pruning: the {criterion} criterion needs training examples "
             "(calibration data); none were given"
         )
-    x, y = data
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     out: dict[str, torch.Tensor] = {n: torch.zeros_like(w) for n, w in weights.items()}
     hooks = []
     if criterion == "activation":
@@ -110,25 +108,19 @@ def _scores(
             return hook
 
         hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
+
+    def add_gradients() -> None:
+        for n in names:
+            g = _grad_of(model.get_submodule(n))
+            if g is not None:
+                out[n] += (model.get_submodule(n).weight.detach() * g).abs()
+
+    gradient = criterion == "gradient"
     try:
-        for i in range(0, len(x), 64):
-            if criterion == "gradient":
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-                for n in names:
-                    w = model.get_submodule(n).weight
-                    g = _grad_of(model.get_submodule(n))
-                    if g is not None:
-                        out[n] += (w.detach() * g).abs()
-            else:
-                with torch.no_grad():
-                    model(x[i : i + 64])
+        over_batches(model, data, add_gradients if gradient else lambda: None, backward=gradient)
     finally:
         for h in hooks:
             h.remove()
-        model.zero_grad(set_to_none=True)
-        for m, mode in modes.items():
-            m.training = mode
     if criterion == "activation":
         for n, w in weights.items():
             shape = [1, -1] + [1] * (w.dim() - 2)
