@@ -17,12 +17,11 @@ movement and arithmetic they imply; ``latency_ms`` measures real time.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from objectives.base import MeasureContext, Objective
+from objectives.flops import flops_by_module
 
 MAC_PJ = {32: 4.6, 16: 1.5, 8: 0.23}  # Horowitz 2014, 45 nm: multiply + add
 SRAM_PJ_PER_32B = 5.0
@@ -42,9 +41,6 @@ def mac_pj(bits: int) -> float:
 
 def layer_energy(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, dict[str, float]]:
     """Per conv / Linear layer: ``macs``, ``compute_pj``, ``weights_pj``, ``activations_pj``."""
-    from fvcore.nn import FlopCountAnalysis
-
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
     acts: dict[str, int] = {}
     layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS)}
 
@@ -64,14 +60,8 @@ def layer_energy(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, di
     finally:
         for h in handles:
             h.remove()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, (x,))
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            analysis.set_op_handle("aten::batch_norm", lambda inputs, outputs: 0)  # folded
-            by_module = analysis.by_module()
-    finally:
         model.train(was)
+    by_module = flops_by_module(model, input_shape)
     out = {}
     for name, m in layers.items():
         bits = int(getattr(m, "weight_bits", 32))

@@ -16,20 +16,27 @@ from objectives.base import MeasureContext, Objective
 _IGNORED = ("aten::batch_norm",)
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def flops_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """fvcore's multiply-adds at batch 1 per module name (``""``: the whole model), BN not
+    counted; the model's train/eval mode is kept."""
     from fvcore.nn import FlopCountAnalysis
 
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        analysis = FlopCountAnalysis(model, (torch.zeros(1, *input_shape),))
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        for op in _IGNORED:
-            analysis.set_op_handle(op, lambda inputs, outputs: 0)  # None only hides warnings
-        total = int(analysis.total())
-    model.train(was_training)
-    return total
+    try:
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(model, (torch.zeros(1, *input_shape),))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            for op in _IGNORED:
+                analysis.set_op_handle(op, lambda inputs, outputs: 0)  # None only hides warnings
+            return dict(analysis.by_module())
+    finally:
+        model.train(was_training)
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    return int(flops_by_module(model, input_shape)[""])
 
 
 class Flops(Objective):
