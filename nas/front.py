@@ -200,6 +200,13 @@ def default_reference(points: Sequence[Point], directions: Mapping[str, str]) ->
     return {n: float(r * s) for n, r, s in zip(directions, ref, sign, strict=True)}
 
 
+def ideal_point(points: Sequence[Point], directions: Mapping[str, str]) -> dict[str, float]:
+    """The best value of each objective over ``points``."""
+    m = _as_min(points, directions).min(axis=0)
+    sign = _signs(directions)
+    return {n: float(v * s) for n, v, s in zip(directions, m, sign, strict=True)}
+
+
 def hypervolume(
     points: Sequence[Point],
     directions: Mapping[str, str],
@@ -266,10 +273,7 @@ class Front:
 
     @property
     def ideal(self) -> dict[str, float]:
-        pts = self.candidates or self.points
-        m = _as_min(pts, self.directions).min(axis=0)
-        sign = _signs(self.directions)
-        return {n: float(v * s) for n, v, s in zip(self.directions, m, sign, strict=True)}
+        return ideal_point(self.candidates or self.points, self.directions)
 
     def knee(self) -> Point:
         if not self.points:

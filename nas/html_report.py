@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from nas.errors import NasError
-from nas.front import Front, default_reference, hypervolume, nondominated
+from nas.front import Front, default_reference, hypervolume, ideal_point, nondominated
 from nas.plots import objective_pairs, use_log
 from nas.report import describe_compression, fmt, metric_columns
 from nas.search._problem import Point
@@ -140,7 +140,7 @@ def compare(run_dirs: Sequence[str | Path], to: str | Path) -> tuple[Path, list[
             raise NasError(f"{r.dir} has no completed feasible trial; run or resume it first")
     every = [p for f in fronts for p in f.candidates]
     ref = default_reference(every, common)
-    ideal = Front(every, common, every).ideal
+    ideal = ideal_point(every, common)
     names = _labels([r.dir for r in runs])
     rows = [
         {

@@ -241,14 +241,15 @@ class ExperimentProblem:
 
         return on_step
 
-    def _criterion(self, candidate: Candidate, trial: optuna.trial.BaseTrial) -> Criterion | None:
+    def _criterion(
+        self, candidate: Candidate, trial: optuna.trial.BaseTrial, ctx: Context
+    ) -> Criterion | None:
         """The training loss of a training option (distillation), else None (cross-entropy)."""
         steps = [s for s in candidate.plan if s.technique.training_only]
         if not steps:
             return None
         (step,) = steps  # one training option per experiment (distill)
         trial.set_user_attr(step.technique.name, step.knobs)
-        ctx = self.context()
         spec = str(step.knobs["teacher"])
         ctx.extra[TEACHER_LOGITS] = teacher_logits(self.exp, self.data, self.run_dir, spec)
         return step.technique.criterion(step.knobs, ctx)
@@ -261,12 +262,11 @@ class ExperimentProblem:
     ) -> dict[str, Any]:
         seed = self.exp.search.seed + trial.number
         seed_everything(seed)
-        model, cfg = candidate.model, self.exp.train
+        model, cfg, ctx = candidate.model, self.exp.train, self.context()
         plan = [s for s in candidate.plan if not s.technique.training_only]
-        criterion = self._criterion(candidate, trial)
+        criterion = self._criterion(candidate, trial, ctx)
         hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
         rungs = self._rung_reports(model, report) if report is not None else None
-        ctx = self.context()
         hooks_each_step = [h for s in plan for h in s.technique.step_hooks(s.knobs, model, ctx)]
         if rungs is not None:
             hooks_each_step.append(rungs)
@@ -290,7 +290,7 @@ class ExperimentProblem:
         if plan:
             trial.set_user_attr("compression", candidate.describe())
             trial.set_user_attr("accuracy_before_compression", evaluate(model, self.data.val))
-            model = compress(model, plan, self.context())
+            model = compress(model, plan, ctx)
             epochs = max(
                 [s.settings.finetune for s in plan] + [s.technique.min_finetune for s in plan]
             )
@@ -307,7 +307,7 @@ class ExperimentProblem:
         compression = candidate.describe()
         model = finish_sparse(model, compression)
         plain = as_deployed(model, compression)
-        onnx = int8_onnx(plain, compression, self.context())
+        onnx = int8_onnx(plain, compression, ctx)
         metrics = self.measure(plain, trained=None, split=self.data.val, onnx=onnx)
         # reported, never optimised: the deployed model on the test split
         test_ctx = MeasureContext(self.data.input_shape, self.data.test, {}, onnx)

@@ -207,13 +207,13 @@ def test_compare_uses_one_reference_point(
     html = to.read_text()
     # the only shared objectives are accuracy and params: one plot
     assert html.count('<svg class="plot"') == 1 and "accuracy vs params" in html
-    from nas.front import default_reference, hypervolume
+    from nas.front import default_reference, hypervolume, ideal_point
 
     dirs = {"accuracy": "maximize", "params": "minimize"}
     fronts = [Front.from_study(Run.open(d).study(), dirs) for d in (finished_run, mixed_run)]
     every = [p for f in fronts for p in f.candidates]
     ref = default_reference(every, dirs)
-    ideal = Front(every, dirs, every).ideal
+    ideal = ideal_point(every, dirs)
     for f in fronts:
         assert f"{hypervolume(f.points, dirs, ref, ideal=ideal):.4f}" in out
     png = tmp_path / "cmp.png"
