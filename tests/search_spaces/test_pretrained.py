@@ -105,3 +105,23 @@ def test_base_model_from_an_export_folder_or_its_safetensors(
     accs = [t.user_attrs["accuracy_before_compression"] for t in done]
     knee_acc = run.front().knee().metrics["accuracy"]
     assert all(a >= knee_acc - 0.2 for a in accs), (accs, knee_acc)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"base_model": "/nonexistent/model.pt", "space": None}, "does not exist"),
+        ({"base_model": "x.pt"}, "give space or base_model, not both"),
+    ],
+)
+def test_bad_base_model_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, needle: str
+) -> None:
+    from nas.cli import main
+    from tests.conftest import experiment
+
+    exp = experiment(tmp_path, **changes)
+    assert main(["run", str(exp), "--out", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "run").exists()
