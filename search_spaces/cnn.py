@@ -1,4 +1,6 @@
-"""A plain convolutional stack: conv -> (BN) -> ReLU -> (pool), then global pooling and a Linear.
+"""A plain convolutional stack: conv -> (BN) -> ReLU -> (pool), then a head: global pooling and
+a Linear (``gap``, the default), or the flattened map into an optional hidden Linear + ReLU and a
+Linear (``flatten``: LeNet-style; with depth 0 this is an MLP on the raw input).
 
 Works on 2-D images ``input_shape=(C, H, W)`` (Conv2d) and 1-D signals ``input_shape=(C, L)``
 (Conv1d). Convolutions keep the spatial size (``padding=k // 2``); only 2x pooling shrinks it, and
@@ -12,15 +14,21 @@ Params sampled from the trial:
     batch_norm   only when ``batch_norm="search"``: True or False
     block_{i}    only when ``blocks`` offers several: "conv" or "ghost" (a ghost module: half the
                  maps from the conv, half from a cheap depthwise conv on them; even widths)
+    head         only when ``heads`` offers several and depth > 0: "gap" or "flatten"
+    hidden       only for a flatten head and when ``hidden`` offers several: units of the hidden
+                 Linear before the output (0: none)
 
 Keyword args (narrow the space from the experiment YAML):
     min_depth=1, max_depth=4, widths=(8, 16, 24, 32, 48, 64), kernels=(3, 5),
     batch_norm=True (True, False or "search"), pools=("max", "avg", "none"),
-    blocks=("conv",) (add "ghost" to search ghost modules; search_spaces/ghost.py)
+    blocks=("conv",) (add "ghost" to search ghost modules; search_spaces/ghost.py),
+    heads=("gap",) (add "flatten" to search LeNet-style heads), hidden=(0,) (flatten head only),
+    min_depth may be 0 when heads holds "flatten" (depth 0 has no conv layer: an MLP)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import optuna
@@ -31,6 +39,7 @@ from search_spaces.ghost import GhostModule
 
 _POOLS = ("max", "avg", "none")
 _BLOCKS = ("conv", "ghost")
+_HEADS = ("gap", "flatten")
 _MIN_SIZE_TO_POOL = 4  # a 2x pool leaves a map of at least 2
 
 
@@ -58,11 +67,27 @@ def cnn(
     batch_norm: bool | str = True,
     pools: Sequence[str] = _POOLS,
     blocks: Sequence[str] = ("conv",),
+    heads: Sequence[str] = ("gap",),
+    hidden: Sequence[int] = (0,),
 ) -> nn.Module:
     """Sample a small conv net for ``(B, *input_shape)`` inputs with ``num_classes`` logits."""
     input_shape = _check_input_shape(input_shape)
     _check_positive_int("num_classes", num_classes)
-    _check_positive_int("min_depth", min_depth)
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    if not heads or any(h not in _HEADS for h in heads):
+        raise ValueError(
+            f"cnn: heads must be a non-empty subset of {_HEADS}, got heads={heads}; "
+            "pick from those names"
+        )
+    if type(min_depth) is int and min_depth == 0:
+        if "flatten" not in heads:
+            raise ValueError(
+                f"cnn: min_depth=0 (no conv layer) needs 'flatten' in heads, got heads={heads} "
+                "(global pooling of the raw input keeps one number per channel); add 'flatten' "
+                "or set min_depth to 1"
+            )
+    else:
+        _check_positive_int("min_depth", min_depth)
     _check_positive_int("max_depth", max_depth)
     if min_depth > max_depth:
         raise ValueError(
@@ -78,6 +103,7 @@ def cnn(
                 f"kernels={kernels}; replace {k} with an odd size as in (3, 5)"
             )
     pools = _check_pools(pools)
+    hidden = _check_int_choices("hidden", hidden, allow_zero=True)
     blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
     if not blocks or any(b not in _BLOCKS for b in blocks):
         raise ValueError(
@@ -131,9 +157,22 @@ def cnn(
                 sizes = [s // 2 for s in sizes]
         channels = width
 
-    global_pool = nn.AdaptiveAvgPool2d(1) if two_d else nn.AdaptiveAvgPool1d(1)
-    classifier = nn.Sequential(global_pool, nn.Flatten(), nn.Linear(channels, num_classes))
-    return ConvNet(nn.Sequential(*layers), classifier)
+    if depth == 0:  # no conv layer: an MLP on the raw input
+        head = "flatten"
+    else:
+        head = heads[0] if len(heads) == 1 else trial.suggest_categorical("head", heads)
+    if head == "gap":
+        global_pool = nn.AdaptiveAvgPool2d(1) if two_d else nn.AdaptiveAvgPool1d(1)
+        classifier = nn.Sequential(global_pool, nn.Flatten(), nn.Linear(channels, num_classes))
+        return ConvNet(nn.Sequential(*layers), classifier)
+    features = channels * math.prod(sizes)
+    units = hidden[0] if len(hidden) == 1 else trial.suggest_categorical("hidden", hidden)
+    head_layers: list[nn.Module] = [nn.Flatten()]
+    if units:
+        head_layers += [nn.Linear(features, units), nn.ReLU()]
+        features = units
+    head_layers.append(nn.Linear(features, num_classes))
+    return ConvNet(nn.Sequential(*layers), nn.Sequential(*head_layers))
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -157,7 +196,9 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"cnn: {name} must be a positive int, got {name}={value!r}; pass e.g. 1")
 
 
-def _check_int_choices(name: str, values: Sequence[int]) -> tuple[int, ...]:
+def _check_int_choices(
+    name: str, values: Sequence[int], *, allow_zero: bool = False
+) -> tuple[int, ...]:
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise ValueError(
             f"cnn: {name} must be a list of ints, got {name}={values!r}; write e.g. [8, 16]"
@@ -166,9 +207,10 @@ def _check_int_choices(name: str, values: Sequence[int]) -> tuple[int, ...]:
     if not choices:
         raise ValueError(f"cnn: {name} must not be empty, got {name}=(); give at least one value")
     for v in choices:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
             raise ValueError(
-                f"cnn: {name} must hold positive ints, got {name}={choices}; remove {v!r}"
+                f"cnn: {name} must hold {'non-negative' if allow_zero else 'positive'} ints, "
+                f"got {name}={choices}; remove {v!r}"
             )
     return choices
 

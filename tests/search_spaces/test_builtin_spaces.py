@@ -83,6 +83,9 @@ BAD_ARGS = [
     (cnn, (1, 8, 8), {"pools": ("max", "median")}, "pools"),
     (cnn, (1, 2, 8, 8), {}, "input_shape"),
     (cnn, (1, 8, 8), {"num_classes": 0}, "num_classes"),
+    (cnn, (1, 8, 8), {"heads": ("gap", "dense")}, "heads"),
+    (cnn, (1, 8, 8), {"min_depth": 0}, "min_depth"),  # depth 0 needs a flatten head
+    (cnn, (1, 8, 8), {"heads": "flatten", "hidden": (32, -1)}, "hidden"),
     (mobilenet, (1, 40), {}, "input_shape"),
     (mobilenet, (1, 8, 8), {"min_depth": 4}, "min_depth"),
     (mobilenet, (1, 8, 8), {"stages": 6}, "stages"),
@@ -163,6 +166,30 @@ def test_cnn_batch_norm_follows_bias_free_convs_and_can_be_searched() -> None:
     args = {"input_shape": (1, 8, 8), "num_classes": 3, "batch_norm": "search"}
     seen = {_sample(cnn, s, **args)[0].params["batch_norm"] for s in range(8)}
     assert seen == {True, False}
+
+
+def test_cnn_flatten_head_gives_lenet_style_nets_and_mlps() -> None:
+    args = {"input_shape": (1, 28, 28), "num_classes": 10, "min_depth": 0, "max_depth": 2}
+    args |= {"heads": ("gap", "flatten"), "hidden": (0, 32), "pools": ("max",), "widths": (8,)}
+    seen = set()
+    for seed in range(40):
+        trial, model = _sample(cnn, seed, **args)
+        depth, hidden = trial.params["depth"], trial.params.get("hidden")
+        head = trial.params.get("head", "flatten")
+        seen.add((depth > 0, head, hidden))
+        linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+        if head == "gap":
+            assert "hidden" not in trial.params and len(linears) == 1
+            assert linears[0].in_features == 8
+            continue
+        side = 28 // 2**depth
+        features = 784 if depth == 0 else 8 * side * side
+        assert linears[0].in_features == features
+        assert [lin.out_features for lin in linears] == ([32, 10] if hidden else [10])
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (False, "flatten", 32) in seen  # an MLP 784-32-10
+    assert (True, "flatten", 0) in seen and (True, "gap", None) in seen
+    assert all(head == "flatten" for conv, head, _ in seen if not conv)  # depth 0: no head param
 
 
 # --- mobilenet ---------------------------------------------------------------------------------
