@@ -1,5 +1,5 @@
-"""The ``nas`` command: run | worker | front | export | report | compare | dashboard | spaces |
-objectives | techniques.
+"""The ``nas`` command: run | worker | front | finalize | export | report | compare | dashboard |
+spaces | objectives | techniques.
 
 Bad input prints one line (``error: <what is wrong>; <the fix>``) to stderr and exits with 2.
 """
@@ -23,6 +23,7 @@ def cli() -> None:
     \b
       nas run experiments/fashion_mnist.yaml --workers 2
       nas front runs/fashion-mnist --where "flops <= 2e6"
+      nas finalize runs/fashion-mnist --epochs 5
       nas export runs/fashion-mnist --best accuracy --where "flops <= 2e6" --to out/
       nas report runs/fashion-mnist
     """
@@ -125,14 +126,16 @@ def front(run_dir: Path, where: str | None, best: str | None, knee: bool, as_jso
     chosen = rf.select(best=best, knee=knee)
     png = rf.front.plot(run_dir / "pareto.png")
     if as_json:
-        out = rf.front.to_dict()
+        out = rf.to_dict()
         if chosen is not None:
             out["selected"] = chosen.number
         click.echo(json.dumps(out, indent=2))
         return
     from nas.report import front_table
 
-    click.echo(front_table(rf.front, selected=chosen.number if chosen else None))
+    click.echo(
+        front_table(rf.front, selected=chosen.number if chosen else None, finals=rf.finals())
+    )
     if chosen is not None:
         click.echo("selected: " + rf.describe_selection(chosen, best=best))
     click.echo(f"plot: {png}")
@@ -171,6 +174,57 @@ def export(
         select = str(chosen.number)
     dirs = rf.export(to, select, progress=not quiet)
     click.echo(f"exported {len(dirs)} model(s) to {dirs[0].parent if dirs else '-'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--select",
+    default="front",
+    show_default=True,
+    help="front, knee, or trial numbers, e.g. '3 7'.",
+)
+@click.option("--where", help='Restrict the front first, e.g. "flops <= 1e6".')
+@click.option(
+    "--epochs",
+    type=float,
+    help="Training epochs on the full training split (default: the search's train.epochs).",
+)
+@click.option(
+    "--from",
+    "start",
+    type=click.Choice(["scratch", "search-weights"]),
+    default="scratch",
+    show_default=True,
+    help="Train from random initialisation, or further from the trial's search-time weights.",
+)
+@click.option("--workers", type=int, help="Models trained at once (default: search.workers).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def finalize(
+    run_dir: Path,
+    select: str,
+    where: str | None,
+    epochs: float | None,
+    start: str,
+    workers: int | None,
+    quiet: bool,
+) -> None:
+    """Retrain selected models of RUN_DIR at the final budget on the full training split,
+    compression applied as searched; re-measure every objective on the test split. Resumable:
+    a model finalized with the same budget is kept. `nas export` then exports these weights.
+
+    \b
+      nas finalize runs/fashion-mnist --epochs 5
+      nas finalize runs/fashion-mnist --select "12 40" --epochs 10 --from search-weights
+    """
+    from nas.report import front_table
+    from nas.runs import Run
+
+    if workers is not None and workers < 1:
+        raise NasError(f"--workers must be >= 1, got {workers}")
+    rf = Run.open(run_dir).front(where)
+    rf.finalize(select, epochs=epochs, start=start, workers=workers, progress=not quiet)
+    click.echo(front_table(rf.front, finals=rf.finals()))
 
 
 @cli.command()

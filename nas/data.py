@@ -200,3 +200,18 @@ def load_data(cfg: DataConfig) -> Splits:
     return Splits(
         *tensors, input_shape=tuple(train[0].shape[1:]), num_classes=classes, name=cfg.name
     )
+
+
+def final_splits(cfg: DataConfig) -> Splits:
+    """The splits ``nas finalize`` trains on: the whole training split (the search's train and
+    val parts, no subset) for training; the test split for every re-measured metric."""
+    full = load_data(cfg.model_copy(update={"subset": None}))
+    train = Split(torch.cat([full.train.x, full.val.x]), torch.cat([full.train.y, full.val.y]))
+    return Splits(
+        train,
+        full.test,
+        full.test,
+        input_shape=full.input_shape,
+        num_classes=full.num_classes,
+        name=full.name,
+    )

@@ -28,6 +28,7 @@ from torch import nn
 from nas import onnx_utils
 from nas.compress import Context
 from nas.compress.fusion import fuse_verified
+from nas.data import Splits
 from nas.errors import NasError
 from nas.pipeline import (
     CALIBRATION_EXAMPLES,
@@ -75,12 +76,14 @@ def select_points(run: Run, front: Front, select: str | Sequence[int] | None) ->
     return [by_number[n] for n in select]
 
 
-def trial_model(run: Run, p: Point) -> nn.Module:
-    """The trained model of a completed trial, as saved in the run folder."""
-    model = load_trial(run.dir, p.number)  # a compressed trial's module (its shapes changed)
+def trial_model(run: Run, p: Point, root: Path | None = None) -> nn.Module:
+    """The trained model of a completed trial, as saved in the run folder (``root``: another
+    folder laid out the same way, e.g. ``RUN_DIR/final`` for a finalized model)."""
+    root = run.dir if root is None else root
+    model = load_trial(root, p.number)  # a compressed trial's module (its shapes changed)
     if model is not None:
         return model
-    src = weights_path(run.dir, p.number)
+    src = weights_path(root, p.number)
     if not src.is_file():
         raise NasError(
             f"weights of trial {p.number} are missing ({src}); re-run the search so "
@@ -97,18 +100,42 @@ def trial_model(run: Run, p: Point) -> nn.Module:
     return load_weights(model, src)
 
 
+def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path, dict[str, Any]]:
+    """Write the model as deployed to ``folder``: ``model.onnx`` (fp32, BN folded, checked) and,
+    for an int8 model, ``model.int8.onnx``. Returns the deployed file and the fusion record."""
+    compression = dict(getattr(model, "nas_compression", {}))
+    plain = as_deployed(model, compression)
+    int8 = int8_onnx(
+        plain, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
+    )
+    # conv/Linear + BN folded here, checked on test inputs (<= 1e-5) before the export
+    fused, fusion = fuse_verified(plain, splits.test.x[:256])
+    onnx_utils.to_onnx(fused, splits.input_shape, folder / "model.onnx")
+    if int8 is None:
+        return folder / "model.onnx", fusion
+    (folder / "model.int8.onnx").write_bytes(int8)
+    return folder / "model.int8.onnx", fusion
+
+
+def latencies(path: Path, input_shape: tuple[int, ...], batches: Sequence[int]) -> dict[str, float]:
+    """``latency_ms_batch{B}`` of an ONNX file: onnxruntime, 1 thread, warmed up, median."""
+    sess = onnx_utils.session(path, threads=1)
+    return {f"latency_ms_batch{b}": onnx_utils.time_ms(sess, input_shape, b) for b in batches}
+
+
 def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
-    """Export one trial to ``dest``; return its metrics record."""
-    src = weights_path(run.dir, p.number)
+    """Export one trial to ``dest`` (its finalized model when ``nas finalize`` made one); return
+    its metrics record."""
+    from nas.finalize import final_root, read_finals
+
+    final = read_finals(run.dir).get(p.number)
+    root = final_root(run.dir) if final else run.dir
+    src = weights_path(root, p.number)
     splits = run.splits
-    model = trial_model(run, p)
+    model = trial_model(run, p, root)
     compression = dict(getattr(model, "nas_compression", {}))
     tmp = Path(tempfile.mkdtemp(prefix=f".trial-{p.number}-", dir=dest.parent))
     try:
-        plain = as_deployed(model, compression)
-        int8 = int8_onnx(
-            plain, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
-        )
         packed_sizes: dict[str, float] = {}
         if "quantize" in compression:
             from nas.compress.quant_ops import pack_weights, packed_size_bytes
@@ -123,9 +150,7 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                     "packed_weights_bytes": float(packed_size_bytes(model)),  # codes+scales+biases
                     "packed_file_bytes": float((tmp / "weights.packed.safetensors").stat().st_size),
                 }
-        # conv/Linear + BN folded here, checked on test inputs (<= 1e-5) before the export
-        fused, fusion = fuse_verified(plain, splits.test.x[:256])
-        onnx_utils.to_onnx(fused, splits.input_shape, tmp / "model.onnx")
+        model_file, fusion = deployed_onnx(model, splits, tmp)
         dc_sizes: dict[str, float] = {}
         if "deep_compression" in compression:
             dc_sizes = write_dc(model, tmp / "model.dc")
@@ -146,21 +171,18 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             dc_sizes = {
                 "sparse_file_bytes": float((tmp / "weights.sparse.safetensors").stat().st_size)
             }
-        model_file = tmp / "model.onnx"
-        if int8 is not None:
-            model_file = tmp / "model.int8.onnx"
-            model_file.write_bytes(int8)
         shutil.copyfile(src, tmp / "weights.safetensors")
         if compression:
-            shutil.copyfile(module_path(run.dir, p.number), tmp / "model.pt")
+            shutil.copyfile(module_path(root, p.number), tmp / "model.pt")
         sess = onnx_utils.session(model_file, threads=1)
         acc = onnx_utils.accuracy(sess, splits.test.x, splits.test.y)
-        recorded = p.metrics.get("test_accuracy")
+        recorded = (final["metrics"] if final else p.metrics).get("test_accuracy")
         tol = run.exp.export.tolerance
         if recorded is not None and abs(acc - recorded) > tol:
             raise ExportVerificationError(
                 f"trial {p.number}: the exported ONNX model scores {acc:.4f} on the test split, "
-                f"the trained model {recorded:.4f} (more than {tol:.3f} apart); not exported"
+                f"the {'finalized' if final else 'trained'} model {recorded:.4f} (more than "
+                f"{tol:.3f} apart); not exported"
             )
         batch = run.exp.export.latency_batch_size
         exported = {
@@ -174,6 +196,11 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             **dc_sizes,
             f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
         }
+        weights = "search"
+        if final:
+            from nas.report import describe_budget
+
+            weights = f"finalized: {describe_budget(final)}"
         config = {
             "trial": p.number,
             "experiment": run.exp.name,
@@ -191,8 +218,11 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                 "deployed": model_file.name,
             },
             "compression": compression,
+            "weights": weights,
         }
         metrics = {"search": p.metrics, "exported": exported}
+        if final:
+            metrics["final"] = final["metrics"]
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if dest.exists():
@@ -201,7 +231,13 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return {"trial": p.number, **exported, "search_test_accuracy": p.metrics.get("test_accuracy")}
+    return {
+        "trial": p.number,
+        **exported,
+        "search_test_accuracy": p.metrics.get("test_accuracy"),
+        "recorded_test_accuracy": recorded,
+        "weights": weights,
+    }
 
 
 def write_dc(model: nn.Module, path: Path) -> dict[str, float]:
@@ -251,8 +287,34 @@ def export_selected(
             print(
                 f"[export] {i}/{len(points)} trial {p.number}: "
                 f"test accuracy {r['test_accuracy']:.4f}"
-                f" (recorded {r['search_test_accuracy']:.4f}) -> {dest}",
+                f" (recorded {r['recorded_test_accuracy']:.4f}; weights: {r['weights']}) -> {dest}",
                 flush=True,
             )
+    flags = _cost_agreement(run, front, records)
+    for rec, dest in zip(records, dirs, strict=True):
+        rec["costs_disagree"] = flags.get(rec["trial"])
+        path = dest / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["costs_disagree"] = rec["costs_disagree"]
+        path.write_text(json.dumps(metrics, indent=2))
+        if progress and rec["costs_disagree"]:
+            print(f"[export] trial {rec['trial']}: costs disagree: {rec['costs_disagree']}")
     (out / "summary.json").write_text(json.dumps(records, indent=2))
     return dirs
+
+
+def _cost_agreement(run: Run, front: Front, records: list[dict[str, Any]]) -> dict[int, str]:
+    """Per exported model, where its multiply-adds and its measured latency disagree, relative to
+    the front's largest model (exported here too, into a scratch folder, when not selected)."""
+    from nas.front import cost_disagreements
+
+    if not front.points:
+        return {}
+    largest = max(front.points, key=lambda q: q.metrics.get("flops", 0.0))
+    rows = {r["trial"]: r for r in records}
+    if largest.number not in rows and "flops" in largest.metrics:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows[largest.number] = export_point(run, largest, Path(tmp) / "reference")
+    return {
+        n: msg for n, msg in cost_disagreements(rows).items() if n in {r["trial"] for r in records}
+    }

@@ -370,3 +370,48 @@ class Front:
 
     def __len__(self) -> int:
         return len(self.points)
+
+
+PROXY_COSTS = ("flops", "energy_uj")  # counted from the model; latency_ms* is measured
+DISAGREEMENT_FACTOR = 2.0
+
+
+def cost_disagreements(
+    metrics: Mapping[int, Mapping[str, Any]], factor: float = DISAGREEMENT_FACTOR
+) -> dict[int, str]:
+    """Models whose counted cost (multiply-adds, energy) and measured latency disagree.
+
+    Both are compared with the model that has the most of the counted cost: a model is flagged
+    when one ratio is ``factor`` times the other, e.g. ``flops x0.08 but latency_ms_batch1 x0.45
+    of trial 7`` (depthwise layers and small models are overhead-bound on a CPU at batch 1), or
+    the other way (int8 kernels cut latency more than multiply-adds). Returns trial -> reason.
+    """
+    reasons: dict[int, list[str]] = {}
+    measured = sorted({k for m in metrics.values() for k in m if k.startswith("latency_ms")})
+    for proxy in PROXY_COSTS:
+        have = {n: m for n, m in metrics.items() if _positive(m.get(proxy))}
+        if len(have) < 2:
+            continue
+        ref = max(have, key=lambda n: have[n][proxy])
+        for lat in measured:
+            if not _positive(have[ref].get(lat)):
+                continue
+            for n, m in have.items():
+                if n == ref or not _positive(m.get(lat)):
+                    continue
+                counted = m[proxy] / have[ref][proxy]
+                timed = m[lat] / have[ref][lat]
+                if timed >= factor * counted:
+                    why = "latency fell less"
+                elif counted >= factor * timed:
+                    why = "latency fell more"
+                else:
+                    continue
+                reasons.setdefault(n, []).append(
+                    f"{proxy} x{counted:.2g} but {lat} x{timed:.2g} of trial {ref} ({why})"
+                )
+    return {n: "; ".join(r) for n, r in reasons.items()}
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v) and v > 0

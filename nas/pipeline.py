@@ -142,6 +142,8 @@ class ExperimentProblem:
     constraints: dict[str, Bound] = field(init=False)
     metrics: dict[str, Objective] = field(init=False)
     techniques: list[tuple[Technique, Settings]] = field(init=False)
+    # epoch progress of training (``nas finalize`` prints it; a search shows trials instead)
+    announce: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self.space = resolve_space(self.exp.space.name)
@@ -241,6 +243,23 @@ class ExperimentProblem:
 
         return on_step
 
+    def epoch_progress(self, number: int) -> Callable[[int, int], None]:
+        """An ``on_step`` that announces each finished epoch of trial ``number``."""
+        per_epoch = math.ceil(len(self.data.train) / self.exp.train.batch_size)
+        announce = self.announce
+        assert announce is not None
+        t0 = time.perf_counter()
+
+        def on_step(step: int, steps: int) -> None:
+            if step % per_epoch == 0 or step == steps:
+                done, total = step / per_epoch, steps / per_epoch
+                left = (time.perf_counter() - t0) * (steps - step) / step
+                announce(
+                    f"trial {number}: epoch {done:.3g}/{total:.3g} trained ({left:.0f} s left)"
+                )
+
+        return on_step
+
     def _criterion(
         self, candidate: Candidate, trial: optuna.trial.BaseTrial, ctx: Context
     ) -> Criterion | None:
@@ -270,6 +289,8 @@ class ExperimentProblem:
         hooks_each_step = [h for s in plan for h in s.technique.step_hooks(s.knobs, model, ctx)]
         if rungs is not None:
             hooks_each_step.append(rungs)
+        if self.announce is not None:
+            hooks_each_step.append(self.epoch_progress(trial.number))
 
         def on_step(step: int, steps: int) -> None:
             for hook in hooks_each_step:
@@ -304,7 +325,12 @@ class ExperimentProblem:
                     criterion=criterion,
                 )
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
-        compression = candidate.describe()
+        return self.finish(model, candidate.describe(), ctx, trial.number)
+
+    def finish(
+        self, model: nn.Module, compression: Mapping[str, Any], ctx: Context, number: int
+    ) -> dict[str, Any]:
+        """A trained (and compressed, fine-tuned) model: baked, deployed, measured, saved."""
         model = finish_sparse(model, compression)
         plain = as_deployed(model, compression)
         onnx = int8_onnx(plain, compression, ctx)
@@ -314,8 +340,8 @@ class ExperimentProblem:
         metrics["test_accuracy"] = OBJECTIVES.get("accuracy").measure(plain, test_ctx)
         # the whole module too when params alone cannot rebuild it: compression changed its
         # shapes, or it came from outside the run folder (a pretrained model)
-        whole = bool(plan) or self.exp.space.name == "pretrained"
-        save_trial(model, self.run_dir, trial.number, structural=whole)
+        whole = bool(compression) or self.exp.space.name == "pretrained"
+        save_trial(model, self.run_dir, number, structural=whole)
         return metrics
 
 

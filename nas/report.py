@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nas.front import Front
 
-_LEFT = ("run", "compression", "why on the front")  # text columns
+
+def describe_budget(rec: Mapping[str, Any]) -> str:
+    """``5 epochs from scratch on 60000 examples`` (a ``nas finalize`` record's budget)."""
+    return f"{rec['epochs']:g} epochs from {rec['from']} on {rec['train_examples']} examples"
+
+
+_LEFT = ("run", "compression", "why on the front", "costs disagree")  # text columns
 _ORDER = ("accuracy", "test_accuracy", "flops", "params", "size_bytes", "latency_ms")
 
 
@@ -67,30 +73,61 @@ def describe_compression(compression: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def front_table(front: Front, selected: int | None = None) -> str:
+FINAL = "final "  # prefix of a finalized model's metric columns
+
+
+def front_table(
+    front: Front,
+    selected: int | None = None,
+    finals: Mapping[int, Mapping[str, Any]] | None = None,
+) -> str:
     """The front as a table: metrics, compression, and why each model is on the front.
 
-    ``selected`` (a trial number) is marked with ``>``.
+    ``selected`` (a trial number) is marked with ``>``. ``finals`` (trial -> ``nas finalize``
+    record) adds ``final <objective>`` columns, and a ``costs disagree`` column flags models whose
+    multiply-adds and measured latency tell different stories.
     """
+    from nas.front import cost_disagreements
+
+    finals = {n: r for n, r in (finals or {}).items() if n in {p.number for p in front.points}}
     knee = front.knee().number if front.points else None
     compressed = any(p.compression for p in front.points)
     why = front.reasons()
+    final_cols = [FINAL + n for n in [*front.directions, "latency_ms_batch1"]]
+    costs = cost_disagreements(
+        {
+            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
+            for p in front.points
+        }
+    )
     rows = [
         {
             "trial": f"{'> ' if p.number == selected else ''}{p.number}"
             f"{' (knee)' if p.number == knee else ''}",
             **p.metrics,
+            **{FINAL + k: v for k, v in finals.get(p.number, {}).get("metrics", {}).items()},
             "compression": describe_compression(p.compression),
             "why on the front": why.get(p.number, ""),
+            "costs disagree": costs.get(p.number, ""),
         }
         for p in front.points
     ]
     cols = ["trial", *metric_columns(front.directions, [p.metrics for p in front.points])]
+    if finals:
+        cols += [c for c in final_cols if any(c in r for r in rows)]
     if compressed:
         cols.append("compression")
     cols.append("why on the front")
+    if costs:
+        cols.append("costs disagree")
     head = (
         f"{len(front.points)} model(s) on the front of {len(front.candidates)} feasible "
         f"trial(s); hypervolume {front.hypervolume:.4f}"
     )
+    if finals:
+        budgets = sorted({describe_budget(r) for r in finals.values()})
+        head += (
+            f"\n'{FINAL.strip()} ...' columns: {len(finals)} model(s) finalized by `nas finalize` "
+            f"({'; '.join(budgets)}), measured on the test split"
+        )
     return head + "\n" + table(rows, cols)

@@ -175,7 +175,57 @@ class RunFront:
     def table(self) -> str:
         from nas.report import front_table
 
-        return front_table(self.front)
+        return front_table(self.front, finals=self.finals())
+
+    def finals(self) -> dict[int, dict[str, Any]]:
+        """The finalized models of the run (trial -> record: ``metrics``, ``search_metrics``,
+        ``epochs``, ``from``); see :meth:`finalize`."""
+        from nas.finalize import read_finals
+
+        return read_finals(self.run.dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The front as JSON-ready data; a finalized model has its ``final`` record."""
+        out = self.front.to_dict()
+        finals = self.finals()
+        for row in out["front"]:
+            if row["number"] in finals:
+                row["final"] = finals[row["number"]]
+        costs = self.cost_disagreements()
+        for row in out["front"]:
+            row["costs_disagree"] = costs.get(row["number"])
+        return out
+
+    def cost_disagreements(self) -> dict[int, str]:
+        """Front models whose multiply-adds and measured latency disagree (final metrics where a
+        model is finalized); see :func:`nas.front.cost_disagreements`."""
+        from nas.front import cost_disagreements
+
+        finals = self.finals()
+        rows = {
+            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
+            for p in self.points
+        }
+        return cost_disagreements(rows)
+
+    def finalize(
+        self,
+        select: str | Sequence[int] = "front",
+        *,
+        epochs: float | None = None,
+        start: str = "scratch",
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> dict[int, dict[str, Any]]:
+        """Retrain the selected models (``front``, ``knee`` or trial numbers) on the full training
+        split for ``epochs`` (default: the search's ``train.epochs``), from ``scratch`` or the
+        ``search-weights``; re-measure them on the test split. See :mod:`nas.finalize`."""
+        from nas.export import select_points
+        from nas.finalize import finalize
+
+        points = select_points(self.run, self.front, select)
+        n = self.run.exp.train.epochs if epochs is None else epochs
+        return finalize(self.run, points, epochs=n, start=start, workers=workers, progress=progress)
 
     def export(
         self,
