@@ -113,6 +113,8 @@ class Job:
     epochs: float
     start: str
     threads: int
+    seed: int = 0  # added to the search's seed (``seed + trial number`` seeds the training)
+    root: str | None = None  # where weights and record go (default ``RUN_DIR/final``)
 
 
 def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
@@ -246,12 +248,12 @@ def _time_final(run: Run, p: Point, rec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = deployed_onnx(model, run.splits, Path(tmp))
         rec["metrics"].update(latencies(path, run.splits.input_shape, LATENCY_BATCHES))
-    _write_record(run.dir, rec)
+    _write_record(final_root(run.dir), rec)
     return rec
 
 
-def _write_record(run_dir: Path, rec: dict[str, Any]) -> None:
-    path = record_path(Path(run_dir), int(rec["trial"]))
+def _write_record(root: Path, rec: dict[str, Any]) -> None:
+    path = Path(root) / f"trial-{int(rec['trial']):05d}.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=2))
     os.replace(tmp, path)
@@ -269,11 +271,15 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Run.open(job.run_dir)
     exp = run.exp.model_copy(
-        update={"train": run.exp.train.model_copy(update={"epochs": job.epochs, "steps": None})}
+        update={
+            "train": run.exp.train.model_copy(update={"epochs": job.epochs, "steps": None}),
+            "search": run.exp.search.model_copy(update={"seed": run.exp.search.seed + job.seed}),
+        }
     )
     splits = final_splits(exp.data)
     announce = (lambda m: print(f"[finalize] {m}", flush=True)) if progress else None
-    problem = ExperimentProblem(exp, final_root(run.dir), splits, announce=announce)
+    root = Path(job.root) if job.root else final_root(run.dir)
+    problem = ExperimentProblem(exp, root, splits, announce=announce)
     t0 = time.perf_counter()
     trial = _Replay(job.params, job.number, exp.space.name)
     if job.start == "scratch":
@@ -291,12 +297,13 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
         "epochs": job.epochs,
         "from": job.start,
         "train_examples": len(splits.train),
+        "seed": exp.search.seed + job.number,
         "measured_on": "test split",
         "seconds": time.perf_counter() - t0,
         "metrics": metrics,
         "search_metrics": job.search_metrics,
     }
-    _write_record(run.dir, rec)  # the record last: it marks the model as finalized
+    _write_record(root, rec)  # the record last: it marks the model as finalized
     return rec
 
 
@@ -329,5 +336,6 @@ def _continue_training(run: Run, problem: Any, job: Job) -> tuple[torch.nn.Modul
             h(step, steps)
 
     cfg = finetune_config(problem.exp.train, job.epochs)
-    train(model, problem.data.train, cfg, seed=job.number, on_step=on_step if hooks else None)
+    seed = problem.exp.search.seed + job.number
+    train(model, problem.data.train, cfg, seed=seed, on_step=on_step if hooks else None)
     return model, compression

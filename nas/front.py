@@ -377,8 +377,8 @@ DISAGREEMENT_FACTOR = 2.0
 
 
 def cost_disagreements(
-    metrics: Mapping[int, Mapping[str, Any]], factor: float = DISAGREEMENT_FACTOR
-) -> dict[int, str]:
+    metrics: Mapping[Any, Mapping[str, Any]], factor: float = DISAGREEMENT_FACTOR
+) -> dict[Any, str]:
     """Models whose counted cost (multiply-adds, energy) and measured latency disagree.
 
     Both are compared with the model that has the most of the counted cost: a model is flagged
@@ -386,7 +386,7 @@ def cost_disagreements(
     of trial 7`` (depthwise layers and small models are overhead-bound on a CPU at batch 1), or
     the other way (int8 kernels cut latency more than multiply-adds). Returns trial -> reason.
     """
-    reasons: dict[int, list[str]] = {}
+    reasons: dict[Any, list[str]] = {}
     measured = sorted({k for m in metrics.values() for k in m if k.startswith("latency_ms")})
     for proxy in PROXY_COSTS:
         have = {n: m for n, m in metrics.items() if _positive(m.get(proxy))}
@@ -407,8 +407,9 @@ def cost_disagreements(
                     why = "latency fell more"
                 else:
                     continue
+                who = f"trial {ref}" if isinstance(ref, int) else str(ref)
                 reasons.setdefault(n, []).append(
-                    f"{proxy} x{counted:.2g} but {lat} x{timed:.2g} of trial {ref} ({why})"
+                    f"{proxy} x{counted:.2g} but {lat} x{timed:.2g} of {who} ({why})"
                 )
     return {n: "; ".join(r) for n, r in reasons.items()}
 
