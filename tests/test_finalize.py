@@ -168,3 +168,26 @@ def test_cost_disagreements_flag_latency_bound_models() -> None:
     assert "flops x0.1 but latency_ms_batch1 x0.8 of trial 1 (latency fell less)" in flags[2]
     assert "latency fell more" in flags[4]
     assert cost_disagreements({1: {"flops": 1e6}, 2: {"flops": 1e5}}) == {}  # nothing timed
+
+
+def test_scratch_applies_the_searched_compression(tmp_path: Path) -> None:
+    run_dir = _compressed_run(
+        tmp_path,
+        {
+            "lowrank": {"rank": [0.5, 0.5], "finetune": 0.5},
+            "quantize": {"bits": [8, 8], "finetune": 0.5},
+        },
+    )
+    run = Run.open(run_dir)
+    p = run.front().knee()
+    rec = run.front().finalize([p.number], epochs=1, progress=False)[p.number]
+    searched = trial_model(run, p)
+    final = trial_model(run, p, final_root(run_dir))
+    assert final.nas_compression == searched.nas_compression  # the same knobs, applied again
+    assert [tuple(t.shape) for t in final.state_dict().values()] == [
+        tuple(t.shape) for t in searched.state_dict().values()
+    ]
+    assert rec["metrics"]["params"] == p.metrics["params"]
+    # the deployed final model is the real int8 one: export re-verifies it against the record
+    (d,) = run.front().export(tmp_path / "out", select=[p.number], progress=False)
+    assert (d / "model.int8.onnx").is_file()
