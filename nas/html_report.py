@@ -85,6 +85,7 @@ def build_report(run: Run) -> str:
             '<div class="plots">' + "".join(_pareto_plots(front, knee)) + "</div>",
         ),
         _section("Models on the front", "", _front_table(front, why, knee)),
+        *_finalized_section(run, front),
         _section(
             "Hypervolume over trials",
             "Hypervolume of the feasible front after each completed trial, under the final "
@@ -297,6 +298,52 @@ def _front_table(front: Front, why: Mapping[int, str], knee: int) -> str:
         for p in front.points
     ]
     return _table(rows, ["trial", "why on the front", *cols, "compression"])
+
+
+def _finalized_section(run: Run, front: Front) -> list[str]:
+    """Front models retrained by ``nas finalize``: search-time vs final metrics, side by side."""
+    from nas.finalize import read_finals
+    from nas.front import cost_disagreements
+    from nas.report import FINAL, describe_budget
+
+    finals = {p.number: read_finals(run.dir).get(p.number) for p in front.points}
+    finals = {n: r for n, r in finals.items() if r}
+    if not finals:
+        return []
+    names = [*front.directions, "test_accuracy"]
+    latency = ["latency_ms_batch1", "latency_ms_batch64"]
+    costs = cost_disagreements(
+        {
+            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
+            for p in front.points
+        }
+    )
+    rows = []
+    for p in front.points:
+        rec = finals.get(p.number)
+        if rec is None:
+            continue
+        m = rec["metrics"]
+        rows.append(
+            {
+                "trial": f"#{p.number}",
+                "budget": describe_budget(rec),
+                **{n: fmt(p.metrics.get(n, "")) for n in names},
+                **{FINAL + n: fmt(m.get(n, "")) for n in [*names, *latency]},
+                "costs disagree": costs.get(p.number, ""),
+                "_t": p.number,
+            }
+        )
+    cols = ["trial", "budget", *names, *[FINAL + n for n in [*names, *latency]], "costs disagree"]
+    return [
+        _section(
+            "Finalized models",
+            "Retrained by `nas finalize` on the whole training split; final metrics measured on "
+            "the test split, latency of the deployed model with onnxruntime on 1 thread. "
+            "`nas export` exports these weights.",
+            _table(rows, cols),
+        )
+    ]
 
 
 def hypervolume_history(front: Front) -> tuple[list[int], list[float]]:

@@ -79,6 +79,14 @@ def test_export_and_front_use_the_finalized_model(
     assert main(["front", str(run_copy), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["front"]
     assert [r["number"] for r in rows if "final" in r] == [knee]
+    # the HTML report has the search-time and final metrics side by side (strict HTML)
+    import html5lib
+
+    from nas.html_report import write_report
+
+    page = write_report(Run.open(run_copy)).read_text()
+    html5lib.HTMLParser(strict=True).parse(page)
+    assert "Finalized models" in page and f"#{knee}" in page and "final test_accuracy" in page
 
 
 @pytest.mark.parametrize(
