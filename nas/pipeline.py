@@ -183,6 +183,8 @@ class ExperimentProblem:
         plan = []
         for tech, settings in self.techniques:
             reason = tech.not_applicable(model, shape)
+            if reason is not None and settings.optional:
+                continue  # the search may leave it out: this architecture goes without it
             if reason is not None:
                 raise Rejected(f"{tech.name} cannot apply: {reason}", {})
             knobs = tech.sample(trial, settings, model, shape)

@@ -153,3 +153,23 @@ def test_candidate_a_technique_cannot_apply_to_is_skipped_with_reason(tmp_path: 
     assert len(complete) == 3 and all(t.params["batch_norm"] for t in complete)
     assert skipped and all(not t.params["batch_norm"] for t in skipped)
     assert all("slimming cannot apply" in t.user_attrs["rejected"] for t in skipped)
+
+
+def test_an_optional_technique_that_cannot_apply_is_left_out(tmp_path: Path) -> None:
+    """An optional technique is one the search may leave out: an architecture it cannot apply to
+    (slimming on a net without BN) is trained without it instead of being rejected."""
+    exp = experiment(
+        tmp_path,
+        space={"name": "cnn", "args": {"max_depth": 1, "widths": [8], "batch_norm": "search"}},
+        compression={"slimming": {"ratio": 0.3, "optional": True}},
+        search__trials=4,
+        search__workers=1,
+        search__sampler="random",
+        search__seed=1,
+    )
+    run = nas.run(str(exp), out=tmp_path / "run", progress=False)
+    trials = run.study().get_trials(deepcopy=False)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    no_bn = [t for t in trials if not t.params["batch_norm"]]
+    assert no_bn and all("slimming.use" not in t.params for t in no_bn)
+    assert all("compression" not in t.user_attrs for t in no_bn)
