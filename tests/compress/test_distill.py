@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 from torch import nn
 
 import nas
@@ -88,3 +89,17 @@ def test_bad_teacher_is_one_line_and_writes_nothing(
     assert err.startswith("error: distill.teacher") and err.count("\n") == 1, err
     assert needle in err
     assert not (tmp_path / "run").exists()
+
+
+def test_finalize_distils_from_a_teacher_trained_on_the_final_split(tmp_path: Path) -> None:
+    from nas.data import final_splits
+    from nas.finalize import final_root
+
+    run = nas.run(str(_distill_exp(tmp_path)), out=tmp_path / "run", progress=False)
+    best = run.front().best("accuracy")
+    rec = run.front().finalize([best.number], epochs=2, workers=1, progress=False)[best.number]
+    # the search's teacher saw the search's training split; the final one sees the whole split
+    teacher = final_root(run.dir) / "teacher" / "largest"
+    logits = load_file(teacher / "logits.safetensors")["logits"]
+    assert len(logits) == rec["train_examples"] == len(final_splits(run.exp.data).train)
+    assert rec["metrics"]["test_accuracy"] > 0.3  # well above chance (0.1) for this tiny net
