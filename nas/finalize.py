@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,9 +132,21 @@ def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
     for p in points:
         try:
             problem.sample(_Replay(p.params, p.number, run.exp.space.name))
+        except NasError as err:
+            if str(err).startswith(f"trial {p.number}:"):
+                raise
+            raise NasError(
+                f"trial {p.number} no longer builds: {err}; fix the space code, or finalize "
+                f"other trials"
+            ) from None
         except Rejected as err:
             raise NasError(
                 f"trial {p.number} no longer builds: {err}; finalize other trials"
+            ) from None
+        except Exception as err:  # the user's space code raised
+            raise NasError(
+                f"trial {p.number}: space {run.exp.space.name!r} raised "
+                f"{type(err).__name__}: {err}; fix the space code, or finalize other trials"
             ) from None
         if start != "search-weights":
             continue
@@ -226,7 +239,13 @@ def _train_all(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 job = pending.pop(fut)
-                rec = fut.result()
+                try:
+                    rec = fut.result()
+                except BrokenProcessPool:
+                    raise NasError(
+                        f"a finalize worker died while training trial {job.number} (killed, or "
+                        f"out of memory?); re-run the same command: finalized models are kept"
+                    ) from None
                 out[job.number] = rec
                 n = len(jobs) - len(pending)
                 eta = (time.perf_counter() - t0) / n * len(pending)

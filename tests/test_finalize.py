@@ -199,3 +199,33 @@ def test_scratch_applies_the_searched_compression(tmp_path: Path) -> None:
     # the deployed final model is the real int8 one: export re-verifies it against the record
     (d,) = run.front().export(tmp_path / "out", select=[p.number], progress=False)
     assert (d / "model.int8.onnx").is_file()
+
+
+SPACE = """
+from torch import nn
+
+RAISE = False
+
+
+def space(trial, *, input_shape, num_classes):
+    if RAISE:
+        raise ValueError("widths changed")
+    w = trial.suggest_int("w", 4, 16)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, w), nn.ReLU(), nn.Linear(w, num_classes))
+"""
+
+
+def test_finalize_a_user_space_that_now_raises(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = tmp_path / "myspace.py"
+    code.write_text(SPACE)
+    path = experiment(
+        tmp_path, space={"name": f"{code}:space"}, search__trials=2, search__workers=1
+    )
+    run_dir = nas.run(str(path), out=tmp_path / "run", progress=False).dir
+    code.write_text(SPACE.replace("RAISE = False", "RAISE = True"))
+    assert main(["finalize", str(run_dir), "--select", "knee"]) == 2
+    err = capsys.readouterr().err
+    assert "no longer builds" in err and "widths changed" in err and "fix the space code" in err
+    assert len(err.strip().splitlines()) == 1 and not final_root(run_dir).exists()
