@@ -50,6 +50,11 @@ class ElasticBN(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative average, as nn.BatchNorm2d does
+                factor = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(
             x,
             self.running_mean[:c],
@@ -57,7 +62,7 @@ class ElasticBN(nn.BatchNorm2d):
             self.weight[:c],
             self.bias[:c],
             self.training,
-            self.momentum if self.momentum is not None else 0.1,
+            factor,
             self.eps,
         )
 
@@ -199,6 +204,18 @@ class ElasticMobileNet(nn.Module):
         width_mults: Sequence[float] = (0.5, 0.75, 1.0),
     ) -> None:
         super().__init__()
+        # what the weights belong to: a checkpoint of another supernet is refused on load
+        self.spec = {
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "stages": [[s.max_width, s.max_depth, s.stride] for s in stages],
+            "stem": stem,
+            "head": head,
+            "depths": sorted(set(depths)),
+            "expansions": sorted(set(expansions)),
+            "kernels": sorted(set(kernels)),
+            "width_mults": sorted(set(width_mults)),
+        }
         if len(input_shape) != 3:
             raise ValueError(f"elastic mobilenet: input_shape must be (C, H, W), got {input_shape}")
         self.stages = tuple(stages)
