@@ -130,6 +130,8 @@ def _proc_state(pid: int) -> str | None:
 def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list[int]:
     """Fail RUNNING trials whose process is dead and enqueue their params to retry them.
 
+    A RUNNING trial with no ``worker`` tag, seen under the ask lock, was asked by a process that
+    died before tagging it (ask and tag happen under that lock): it is recovered too.
     With ``own=True``, the trials of this very process are released instead (on Ctrl-C).
     """
     recovered = []
@@ -137,9 +139,13 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
     with ask_lock(study, lock):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             ident = t.user_attrs.get("worker")
-            if ident is None or (ident != me if own else is_alive(ident)):
+            if ident is None and own:
+                continue
+            if ident is not None and (ident != me if own else is_alive(ident)):
                 continue
             why = "interrupted" if own else "worker process died"
+            if ident is None:
+                why = "worker process died while asking"
             study._storage.set_trial_user_attr(t._trial_id, "error", why)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             attrs = {"retry_of": t.number, "retry_reason": why}
