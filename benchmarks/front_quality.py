@@ -409,7 +409,7 @@ def main() -> None:
         models[name] = baseline_model(run_dir, name)
     for name, lat in time_all(models, run_dir / "onnx").items():
         rows[name] |= lat
-    flags = cost_disagreements({n: r for n, r in rows.items()})  # type: ignore[arg-type]
+    flags = cost_disagreements(rows)
     for n, r in rows.items():
         r["costs_disagree"] = flags.get(n)
 

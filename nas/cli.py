@@ -217,14 +217,13 @@ def finalize(
       nas finalize runs/fashion-mnist --epochs 5
       nas finalize runs/fashion-mnist --select "12 40" --epochs 10 --from search-weights
     """
-    from nas.report import front_table
     from nas.runs import Run
 
     if workers is not None and workers < 1:
         raise NasError(f"--workers must be >= 1, got {workers}")
     rf = Run.open(run_dir).front(where)
     rf.finalize(select, epochs=epochs, start=start, workers=workers, progress=not quiet)
-    click.echo(front_table(rf.front, finals=rf.finals()))
+    click.echo(rf.table())
 
 
 @cli.command()

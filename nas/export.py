@@ -126,9 +126,9 @@ def latencies(path: Path, input_shape: tuple[int, ...], batches: Sequence[int]) 
 def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
     """Export one trial to ``dest`` (its finalized model when ``nas finalize`` made one); return
     its metrics record."""
-    from nas.finalize import final_root, read_finals
+    from nas.finalize import final_root, read_final
 
-    final = read_finals(run.dir).get(p.number)
+    final = read_final(run.dir, p.number)
     root = final_root(run.dir) if final else run.dir
     src = weights_path(root, p.number)
     splits = run.splits

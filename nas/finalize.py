@@ -54,8 +54,19 @@ def final_root(run_dir: Path) -> Path:
     return Path(run_dir) / FINAL_DIR
 
 
+def _record_file(root: Path, number: int) -> Path:
+    return Path(root) / f"trial-{number:05d}.json"
+
+
 def record_path(run_dir: Path, number: int) -> Path:
-    return final_root(run_dir) / f"trial-{number:05d}.json"
+    """A finalized model's record (written last: its presence marks the model finalized)."""
+    return _record_file(final_root(run_dir), number)
+
+
+def read_final(run_dir: Path, number: int) -> dict[str, Any] | None:
+    """The record of trial ``number`` when ``nas finalize`` made one, else ``None``."""
+    path = record_path(run_dir, number)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_finals(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -150,9 +161,10 @@ def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
             ) from None
         if start != "search-weights":
             continue
-        if not weights_path(run.dir, p.number).is_file():
+        stored = weights_path(run.dir, p.number)
+        if not stored.is_file():
             raise NasError(
-                f"trial {p.number} has no stored weights ({weights_path(run.dir, p.number)}); "
+                f"trial {p.number} has no stored weights ({stored}); "
                 f"finalize it --from scratch, or re-run the search"
             )
         model = load_trial(run.dir, p.number)
@@ -189,9 +201,7 @@ def finalize(
         )
     ]
     out = {p.number: done[p.number] for p in points if p not in todo}
-    say: Callable[[str], None] = (
-        (lambda m: print(f"[finalize] {m}", flush=True)) if progress else (lambda m: None)
-    )
+    say: Callable[[str], None] = _say if progress else (lambda m: None)
     if out:
         say(f"{len(out)} of {len(points)} model(s) already finalized with this budget: kept")
     if todo:
@@ -271,8 +281,12 @@ def _time_final(run: Run, p: Point, rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _say(message: str) -> None:
+    print(f"[finalize] {message}", flush=True)
+
+
 def _write_record(root: Path, rec: dict[str, Any]) -> None:
-    path = Path(root) / f"trial-{int(rec['trial']):05d}.json"
+    path = _record_file(root, int(rec["trial"]))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=2))
     os.replace(tmp, path)
@@ -280,9 +294,8 @@ def _write_record(root: Path, rec: dict[str, Any]) -> None:
 
 def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
     """Train, compress, measure and save one model (runs in a worker process)."""
-    from nas.compress import Context
     from nas.data import final_splits
-    from nas.pipeline import CALIBRATION_EXAMPLES, ExperimentProblem
+    from nas.pipeline import ExperimentProblem
     from nas.runs import Run
     from nas.search._local import set_threads
 
@@ -296,7 +309,7 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
         }
     )
     splits = final_splits(exp.data)
-    announce = (lambda m: print(f"[finalize] {m}", flush=True)) if progress else None
+    announce = _say if progress else None
     root = Path(job.root) if job.root else final_root(run.dir)
     problem = ExperimentProblem(exp, root, splits, announce=announce)
     t0 = time.perf_counter()
@@ -305,12 +318,7 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
         metrics = problem.evaluate(problem.sample(trial), trial)
     else:
         model, compression = _continue_training(run, problem, job)
-        ctx = Context(
-            splits.input_shape,
-            splits.train.x[:CALIBRATION_EXAMPLES],
-            calib_y=splits.train.y[:CALIBRATION_EXAMPLES],
-        )
-        metrics = problem.finish(model, compression, ctx, job.number)
+        metrics = problem.finish(model, compression, problem.context(), job.number)
     rec = {
         "trial": job.number,
         "epochs": job.epochs,

@@ -414,5 +414,15 @@ def cost_disagreements(
     return {n: "; ".join(r) for n, r in reasons.items()}
 
 
+def final_cost_disagreements(
+    points: Sequence[Point], finals: Mapping[int, Mapping[str, Any]]
+) -> dict[int, str]:
+    """:func:`cost_disagreements` of front ``points``, a finalized model judged on its final
+    metrics (``finals``: trial -> ``nas finalize`` record) over its search-time ones."""
+    return cost_disagreements(
+        {p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})} for p in points}
+    )
+
+
 def _positive(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v) and v > 0

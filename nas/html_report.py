@@ -302,22 +302,17 @@ def _front_table(front: Front, why: Mapping[int, str], knee: int) -> str:
 
 def _finalized_section(run: Run, front: Front) -> list[str]:
     """Front models retrained by ``nas finalize``: search-time vs final metrics, side by side."""
-    from nas.finalize import read_finals
-    from nas.front import cost_disagreements
+    from nas.finalize import LATENCY_BATCHES, read_finals
+    from nas.front import final_cost_disagreements
     from nas.report import FINAL, describe_budget
 
-    finals = {p.number: read_finals(run.dir).get(p.number) for p in front.points}
-    finals = {n: r for n, r in finals.items() if r}
+    every = read_finals(run.dir)
+    finals = {p.number: every[p.number] for p in front.points if p.number in every}
     if not finals:
         return []
     names = [*front.directions, "test_accuracy"]
-    latency = ["latency_ms_batch1", "latency_ms_batch64"]
-    costs = cost_disagreements(
-        {
-            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
-            for p in front.points
-        }
-    )
+    latency = [f"latency_ms_batch{b}" for b in LATENCY_BATCHES]
+    costs = final_cost_disagreements(front.points, finals)
     rows = []
     for p in front.points:
         rec = finals.get(p.number)

@@ -87,19 +87,15 @@ def front_table(
     record) adds ``final <objective>`` columns, and a ``costs disagree`` column flags models whose
     multiply-adds and measured latency tell different stories.
     """
-    from nas.front import cost_disagreements
+    from nas.finalize import LATENCY_KEY
+    from nas.front import final_cost_disagreements
 
     finals = {n: r for n, r in (finals or {}).items() if n in {p.number for p in front.points}}
     knee = front.knee().number if front.points else None
     compressed = any(p.compression for p in front.points)
     why = front.reasons()
-    final_cols = [FINAL + n for n in [*front.directions, "latency_ms_batch1"]]
-    costs = cost_disagreements(
-        {
-            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
-            for p in front.points
-        }
-    )
+    final_cols = [FINAL + n for n in [*front.directions, LATENCY_KEY]]
+    costs = final_cost_disagreements(front.points, finals)
     rows = [
         {
             "trial": f"{'> ' if p.number == selected else ''}{p.number}"

@@ -186,27 +186,16 @@ class RunFront:
 
     def to_dict(self) -> dict[str, Any]:
         """The front as JSON-ready data; a finalized model has its ``final`` record."""
+        from nas.front import final_cost_disagreements
+
         out = self.front.to_dict()
         finals = self.finals()
+        costs = final_cost_disagreements(self.points, finals)
         for row in out["front"]:
             if row["number"] in finals:
                 row["final"] = finals[row["number"]]
-        costs = self.cost_disagreements()
-        for row in out["front"]:
             row["costs_disagree"] = costs.get(row["number"])
         return out
-
-    def cost_disagreements(self) -> dict[int, str]:
-        """Front models whose multiply-adds and measured latency disagree (final metrics where a
-        model is finalized); see :func:`nas.front.cost_disagreements`."""
-        from nas.front import cost_disagreements
-
-        finals = self.finals()
-        rows = {
-            p.number: {**p.metrics, **finals.get(p.number, {}).get("metrics", {})}
-            for p in self.points
-        }
-        return cost_disagreements(rows)
 
     def finalize(
         self,
