@@ -329,18 +329,35 @@ class ElasticMobileNet(nn.Module):
 
     def extract(self, config: Mapping[str, Any] | None = None) -> nn.Module:
         """The active (or ``config``) sub-network as a standalone module with copied weights."""
+        layers = [module for _, module, _ in self.pieces(config)]
+        return nn.Sequential(*layers).train(self.training)
+
+    def pieces(self, config: Mapping[str, Any] | None = None) -> list[tuple[str, nn.Module, tuple]]:
+        """The active (or ``config``) sub-network as standalone pieces, in order: ``(key,
+        module, input shape)`` for the stem, each block, and the head with the classifier. The
+        key names what the piece's cost depends on (widths, expansion, kernel, stride, input
+        size): the per-layer latency table's key."""
         import copy
 
         if config is not None:
             self.set_active(config)
-        layers: list[nn.Module] = [copy.deepcopy(self.stem)]
+        shape = tuple(self.spec["input_shape"])
+        out: list[tuple[str, nn.Module, tuple]] = [
+            (f"stem:{shape}", copy.deepcopy(self.stem), shape)
+        ]
         c = self.stem[0].out_channels
+        shape = (c, *shape[1:])
         for i, stage in enumerate(self.blocks):
-            for block in stage[: self.active["depth"][i]]:
-                layers.append(block.extract(c))
-                c = block.project.active_out
-        layers.append(self.head.extract(c))
+            for b, block in enumerate(stage[: self.active["depth"][i]]):
+                w, e = block.project.active_out, block.active_expand
+                k, s = block.depthwise.active_kernel, block.stride
+                key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{s}:{shape[1]}x{shape[2]}"
+                out.append((key, block.extract(c), shape))
+                c, shape = w, (w, *[-(-side // s) for side in shape[1:]])
         classifier = nn.Linear(self.classifier.in_features, self.classifier.out_features)
         classifier.load_state_dict(self.classifier.state_dict())
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier]
-        return nn.Sequential(*layers).train(self.training)
+        head = nn.Sequential(
+            self.head.extract(c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier
+        )
+        out.append((f"head:c{c}:{shape[1]}x{shape[2]}", head, shape))
+        return out

@@ -1,7 +1,8 @@
 """A per-layer latency lookup table for the supernet's sub-networks (OFA's latency predictor).
 
-Each distinct piece a sub-network is made of (the stem, a block with its input width, output
-width, expansion, kernel, stride and input size, the head with the classifier) is exported on
+Each distinct piece a sub-network is made of (:meth:`ElasticMobileNet.pieces`: the stem, a block
+with its input width, output width, expansion, kernel, stride and input size, the head with the
+classifier) is exported on
 its own to ONNX and timed once with onnxruntime (1 thread, batch 1 by default, warmed up, median
 of repeats). A sub-network's predicted latency is the sum of its pieces; the table is cached as
 JSON (in the run folder) so it is measured once per machine.
@@ -23,36 +24,6 @@ from torch import nn
 from nas.supernet.elastic import ElasticMobileNet
 
 
-def pieces(net: ElasticMobileNet, config: Mapping[str, Any]) -> list[tuple[str, nn.Module, tuple]]:
-    """The sub-network ``config`` as ``(key, standalone module, input shape)`` pieces, in order."""
-    net.set_active(config)
-    shape = tuple(net.spec["input_shape"])
-    out: list[tuple[str, nn.Module, tuple]] = []
-    stem = net.stem
-    c = stem[0].out_channels
-    out.append((f"stem:{shape}", stem, shape))
-    shape = (c, *shape[1:])
-    for i, stage in enumerate(net.blocks):
-        for b, block in enumerate(stage[: net.active["depth"][i]]):
-            w, e = block.project.active_out, block.active_expand
-            k = block.depthwise.active_kernel
-            key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{block.stride}:{shape[1]}x{shape[2]}"
-            out.append((key, block.extract(c), shape))
-            side = [-(-s // block.stride) for s in shape[1:]]
-            c, shape = w, (w, *side)
-    head = nn.Sequential(
-        net.head.extract(c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), _copy(net.classifier)
-    )
-    out.append((f"head:c{c}:{shape[1]}x{shape[2]}", head, shape))
-    return out
-
-
-def _copy(linear: nn.Linear) -> nn.Linear:
-    new = nn.Linear(linear.in_features, linear.out_features)
-    new.load_state_dict(linear.state_dict())
-    return new
-
-
 class LatencyTable:
     """Measured piece latencies (ms) by key, filled on demand and cached at ``path``."""
 
@@ -70,7 +41,7 @@ class LatencyTable:
     def predict(self, net: ElasticMobileNet, config: Mapping[str, Any]) -> float:
         """Predicted latency (ms) of sub-network ``config``: the sum of its measured pieces."""
         total, new = 0.0, False
-        for key, module, shape in pieces(net, config):
+        for key, module, shape in net.pieces(config):
             if key not in self.entries:
                 self.entries[key] = measure(module.eval(), shape, self.batch_size, self.repeats)
                 new = True

@@ -26,7 +26,7 @@ def test_pieces_compose_the_subnetwork() -> None:
     x = torch.rand(2, *SHAPE)
     with torch.no_grad():
         y = x
-        for _, module, shape in lut.pieces(net, config):
+        for _, module, shape in net.pieces(config):
             assert tuple(y.shape[1:]) == tuple(shape)
             y = module.eval()(y)
         torch.testing.assert_close(y, net.extract(config).eval()(x), atol=1e-5, rtol=1e-5)
@@ -47,7 +47,7 @@ def test_table_measures_each_piece_once_and_caches(
     big, small = net.largest(), net.smallest()
     predicted = table.predict(net, big)
     n = len(calls)
-    assert n == len(lut.pieces(net, big)) and path.is_file()
+    assert n == len(net.pieces(big)) and path.is_file()
     assert predicted == pytest.approx(sum(table.entries.values()))
     assert table.predict(net, big) == predicted and len(calls) == n  # nothing measured again
     table.predict(net, small)
@@ -62,5 +62,5 @@ def test_table_measures_each_piece_once_and_caches(
 
 def test_a_real_measurement_is_positive() -> None:
     net = _net()
-    (key, module, shape), *_ = lut.pieces(net, net.smallest())
+    (key, module, shape), *_ = net.pieces(net.smallest())
     assert key.startswith("stem:") and lut.measure(module, shape, repeats=5) > 0
