@@ -123,13 +123,19 @@ def latencies(path: Path, input_shape: tuple[int, ...], batches: Sequence[int]) 
     return {f"latency_ms_batch{b}": onnx_utils.time_ms(sess, input_shape, b) for b in batches}
 
 
+def _weights_source(run: Run, number: int) -> tuple[dict[str, Any] | None, Path]:
+    """A trial's ``nas finalize`` record (or None) and the folder its exported weights come
+    from: ``RUN_DIR/final`` once finalized, else the run folder."""
+    from nas.finalize import final_root, read_final
+
+    final = read_final(run.dir, number)
+    return final, final_root(run.dir) if final else run.dir
+
+
 def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
     """Export one trial to ``dest`` (its finalized model when ``nas finalize`` made one); return
     its metrics record."""
-    from nas.finalize import final_root, read_final
-
-    final = read_final(run.dir, p.number)
-    root = final_root(run.dir) if final else run.dir
+    final, root = _weights_source(run, p.number)
     src = weights_path(root, p.number)
     splits = run.splits
     model = trial_model(run, p, root)
@@ -305,7 +311,7 @@ def export_selected(
 
 def _cost_agreement(run: Run, front: Front, records: list[dict[str, Any]]) -> dict[int, str]:
     """Per exported model, where its multiply-adds and its measured latency disagree, relative to
-    the front's largest model (exported here too, into a scratch folder, when not selected)."""
+    the front's largest model (counted and timed here too when it is not exported)."""
     from nas.front import cost_disagreements
 
     if not front.points:
@@ -313,8 +319,14 @@ def _cost_agreement(run: Run, front: Front, records: list[dict[str, Any]]) -> di
     largest = max(front.points, key=lambda q: q.metrics.get("flops", 0.0))
     rows = {r["trial"]: r for r in records}
     if largest.number not in rows and "flops" in largest.metrics:
+        model = trial_model(run, largest, _weights_source(run, largest.number)[1])
+        shape, batch = run.splits.input_shape, run.exp.export.latency_batch_size
         with tempfile.TemporaryDirectory() as tmp:
-            rows[largest.number] = export_point(run, largest, Path(tmp) / "reference")
+            path, _ = deployed_onnx(model, run.splits, Path(tmp))
+            rows[largest.number] = {
+                "flops": float(count_flops(model, shape)),
+                **latencies(path, shape, [batch]),
+            }
     return {
         n: msg for n, msg in cost_disagreements(rows).items() if n in {r["trial"] for r in records}
     }
