@@ -83,7 +83,21 @@ class FidelityConfig(_Strict):
     min_epochs: float | None = Field(None, gt=0)  # default: the training budget / eta**2
 
 
+class SupernetConfig(_Strict):
+    """``search.mode: supernet``: train one elastic supernet, then score sub-networks with the
+    weights they inherit (no training per candidate)."""
+
+    epochs: float = Field(5.0, gt=0)  # supernet training, with the train recipe's optimizer/lr
+    random_subnets: int = Field(2, ge=0)  # per step, beside the largest and the smallest
+    calibration: int = Field(
+        256, gt=0
+    )  # training images to re-estimate BN statistics per candidate
+    finetune: float = Field(0.0, ge=0)  # epochs each front model is fine-tuned before it is saved
+
+
 class SearchConfig(_Strict):
+    mode: Literal["train", "supernet"] = "train"
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig)
     trials: int = Field(20, gt=0)
     workers: int = Field(1, ge=1)
     sampler: Literal["auto", "tpe", "nsga2", "nsga3", "random", "gp"] = "auto"

@@ -78,7 +78,7 @@ def read_finals(run_dir: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-class _Replay(optuna.trial.FixedTrial):
+class Replay(optuna.trial.FixedTrial):
     """Replays a trial's params into the space; a value the current space code no longer offers,
     or a param it now asks for and the trial never had, is a NasError naming it."""
 
@@ -142,7 +142,7 @@ def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
     problem = ExperimentProblem(run.exp, run.dir, run.splits)
     for p in points:
         try:
-            problem.sample(_Replay(p.params, p.number, run.exp.space.name))
+            problem.sample(Replay(p.params, p.number, run.exp.space.name))
         except NasError as err:
             if str(err).startswith(f"trial {p.number}:"):
                 raise
@@ -313,7 +313,7 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
     root = Path(job.root) if job.root else final_root(run.dir)
     problem = ExperimentProblem(exp, root, splits, announce=announce)
     t0 = time.perf_counter()
-    trial = _Replay(job.params, job.number, exp.space.name)
+    trial = Replay(job.params, job.number, exp.space.name)
     if job.start == "scratch":
         metrics = problem.evaluate(problem.sample(trial), trial)
     else:

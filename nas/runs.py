@@ -41,7 +41,9 @@ _RESUMABLE = {
 
 def problem_from_run_dir(run_dir: Path) -> ExperimentProblem:
     """Rebuild the problem of a run from its folder (what each worker process does)."""
-    return ExperimentProblem(read_experiment(run_dir), run_dir)
+    from nas.supernet.search import problem
+
+    return problem(read_experiment(run_dir), run_dir)
 
 
 def read_experiment(run_dir: Path) -> Experiment:
@@ -261,6 +263,10 @@ def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -
         open_storage(exp.search.storage, run_dir)  # unreachable database: fail before writing
     splits = load_data(exp.data)
     preflight(exp, splits)
+    if exp.search.mode == "supernet":
+        from nas.supernet.search import check_experiment
+
+        check_experiment(exp, splits)
     run_dir.mkdir(parents=True, exist_ok=True)
     frozen.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     return Run(run_dir, exp, splits)
@@ -328,6 +334,12 @@ def _search(r: Run, *, progress: bool) -> Run:
         cpus_per_trial=s.cpus_per_trial,
         gpus_per_trial=s.gpus_per_trial,
     )
+    if s.mode == "supernet":
+        from nas.supernet.search import search as supernet_search
+
+        supernet_search(r, settings, progress)
+        r.write_front()
+        return r
     problem = ExperimentProblem(r.exp, r.dir, r.splits)
     optimize(
         functools.partial(problem_from_run_dir, r.dir.resolve()),

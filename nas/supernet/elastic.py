@@ -349,15 +349,77 @@ class ElasticMobileNet(nn.Module):
         shape = (c, *shape[1:])
         for i, stage in enumerate(self.blocks):
             for b, block in enumerate(stage[: self.active["depth"][i]]):
-                w, e = block.project.active_out, block.active_expand
-                k, s = block.depthwise.active_kernel, block.stride
-                key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{s}:{shape[1]}x{shape[2]}"
-                out.append((key, block.extract(c), shape))
-                c, shape = w, (w, *[-(-side // s) for side in shape[1:]])
+                out.append(self._block_piece(i, b, c, shape))
+                c, shape = block.project.active_out, _strided(shape, block)
+        out.append(self._head_piece(c, shape))
+        return out
+
+    def _block_piece(self, i: int, b: int, c: int, shape: tuple) -> tuple[str, nn.Module, tuple]:
+        block = self.blocks[i][b]
+        w, e = block.project.active_out, block.active_expand
+        k, s = block.depthwise.active_kernel, block.stride
+        key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{s}:{shape[1]}x{shape[2]}"
+        return key, block.extract(c), shape
+
+    def _head_piece(self, c: int, shape: tuple) -> tuple[str, nn.Module, tuple]:
         classifier = nn.Linear(self.classifier.in_features, self.classifier.out_features)
         classifier.load_state_dict(self.classifier.state_dict())
         head = nn.Sequential(
             self.head.extract(c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier
         )
-        out.append((f"head:c{c}:{shape[1]}x{shape[2]}", head, shape))
+        return f"head:c{c}:{shape[1]}x{shape[2]}", head, shape
+
+    def piece_keys(self) -> list[str]:
+        """The key of every distinct piece any sub-network can be made of (see :meth:`pieces`)."""
+        return [key for key, _ in self._variants()]
+
+    def piece(self, key: str) -> tuple[nn.Module, tuple]:
+        """The standalone piece of ``key`` (one of :meth:`piece_keys`) and its input shape."""
+        build = dict(self._variants())[key]
+        _, module, shape = build()
+        return module, shape
+
+    def _variants(self) -> list[tuple[str, Any]]:
+        """Every distinct piece as ``(key, build)``; ``build()`` cuts it from the weights."""
+        import copy
+
+        shape = tuple(self.spec["input_shape"])
+        stem = (f"stem:{shape}", copy.deepcopy(self.stem), shape)
+        out: list[tuple[str, Any]] = [(stem[0], lambda: stem)]
+        c0 = self.stem[0].out_channels
+        inputs = {(c0, (c0, *shape[1:]))}  # (width, shape) a block may receive
+        for i, stage in enumerate(self.blocks):
+            reachable: set[tuple[int, tuple]] = set()
+            for b, block in enumerate(stage[: max(self.depths)]):
+                outs = set()
+                for c, in_shape in sorted(inputs):
+                    for w in self.widths[i] if b == 0 else (c,):  # a stage has one width
+                        for e in self.expansions:
+                            for k in self.kernels:
+
+                                def build(i=i, b=b, c=c, s=in_shape, w=w, e=e, k=k):
+                                    blk = self.blocks[i][b]
+                                    blk.active_expand, blk.depthwise.active_kernel = e, k
+                                    blk.project.active_out = w
+                                    return self._block_piece(i, b, c, s)
+
+                                s = block.stride
+                                key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{s}:"
+                                out.append((f"{key}{in_shape[1]}x{in_shape[2]}", build))
+                        outs.add((w, (w, *_strided(in_shape, block)[1:])))
+                inputs = outs
+                if b + 1 in self.depths:  # the stage may end here: the next stage sees this
+                    reachable |= outs
+            inputs = reachable
+        for c, in_shape in sorted(inputs):
+            out.append(
+                (
+                    f"head:c{c}:{in_shape[1]}x{in_shape[2]}",
+                    lambda c=c, s=in_shape: self._head_piece(c, s),
+                )
+            )
         return out
+
+
+def _strided(shape: tuple, block: nn.Module) -> tuple:
+    return (block.project.active_out, *[-(-side // block.stride) for side in shape[1:]])
