@@ -320,10 +320,12 @@ def join(run_dir: str | Path, *, workers: int | None = None, progress: bool = Tr
 
 def _search(r: Run, *, progress: bool) -> Run:
     s = r.exp.search
+    supernet = s.mode == "supernet"
     settings = SearchSettings(
         n_trials=s.trials,
         workers=s.workers,
-        sampler=s.sampler,
+        # scoring is cheap in supernet mode: an evolutionary search (as OFA's) over many
+        sampler="nsga2" if supernet and s.sampler == "auto" else s.sampler,
         seed=s.seed,
         storage=s.storage,
         timeout=s.timeout,
@@ -334,7 +336,7 @@ def _search(r: Run, *, progress: bool) -> Run:
         cpus_per_trial=s.cpus_per_trial,
         gpus_per_trial=s.gpus_per_trial,
     )
-    if s.mode == "supernet":
+    if supernet:
         from nas.supernet.search import search as supernet_search
 
         supernet_search(r, settings, progress)

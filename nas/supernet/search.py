@@ -287,7 +287,9 @@ def predictors(run: Run, progress: bool = True, timed: int = 30) -> dict[str, An
         fit, held = order[:cut], order[cut:]
         model = make_pipeline(
             StandardScaler(),
-            MLPRegressor(hidden_layer_sizes=(64, 64), max_iter=500, early_stopping=True, random_state=0),
+            MLPRegressor(
+                hidden_layer_sizes=(64, 64), max_iter=500, early_stopping=True, random_state=0
+            ),
         )
         model.fit(x[fit], y[fit])
         tau = float(kendalltau(model.predict(x[held]), y[held]).statistic)
