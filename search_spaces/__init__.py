@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from search_spaces.cnn import cnn
-from search_spaces.elastic import elastic_mobilenet
+from search_spaces.elastic import elastic_cnn, elastic_mobilenet
 from search_spaces.mlp import mlp
 from search_spaces.mobilenet import mobilenet
 from search_spaces.pretrained import pretrained
@@ -13,9 +13,19 @@ BUILTIN_SPACES = {
     "cnn": cnn,
     "mobilenet": mobilenet,
     "elastic_mobilenet": elastic_mobilenet,
+    "elastic_cnn": elastic_cnn,
     "mlp": mlp,
     "vit": vit,
     "pretrained": pretrained,
 }
 
-__all__ = ["BUILTIN_SPACES", "cnn", "elastic_mobilenet", "mlp", "mobilenet", "pretrained", "vit"]
+__all__ = [
+    "BUILTIN_SPACES",
+    "cnn",
+    "elastic_cnn",
+    "elastic_mobilenet",
+    "mlp",
+    "mobilenet",
+    "pretrained",
+    "vit",
+]

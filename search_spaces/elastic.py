@@ -1,4 +1,4 @@
-"""``elastic_mobilenet``: the sub-networks of an elastic MobileNet supernet, as a search space.
+"""``elastic_mobilenet`` and ``elastic_cnn``: the sub-networks of an elastic supernet, as a space.
 
 The same space serves both search modes:
 
@@ -17,9 +17,12 @@ depth reaches it):
     kernel_s{i}_b{j}  depthwise kernel of block j of stage i, from ``kernels``
 
 Keyword args (the supernet's ranges; a dimension with one choice is fixed):
-    stages=[[24, 3, 2], [40, 3, 2], [64, 3, 2]] ([max_width, max_depth, first stride] per stage),
-    stem=16, head=128, depths=(1, 2, 3), expansions=(2, 3, 4), kernels=(3, 5, 7),
-    width_mults=(0.5, 0.75, 1.0).
+    elastic_mobilenet (inverted residuals): stages=[[24, 3, 2], [40, 3, 2], [64, 3, 2]]
+    ([max_width, max_depth, first stride] per stage), stem=16, head=128, depths=(1, 2, 3),
+    expansions=(2, 3, 4), kernels=(3, 5, 7), width_mults=(0.5, 0.75, 1.0);
+    elastic_cnn (plain kxk convolutions, no expansion: ``expand_*`` is always 1):
+    stages=[[16, 2, 2], [32, 2, 2], [64, 2, 2]], stem=16, head=128, depths=(1, 2),
+    kernels=(3, 5), width_mults=(0.5, 0.75, 1.0).
 """
 
 from __future__ import annotations
@@ -32,50 +35,73 @@ from typing import Any
 import optuna
 from torch import nn
 
-from nas.supernet.elastic import DEFAULT_STAGES, ElasticMobileNet, Stage
+from nas.supernet.elastic import DEFAULT_STAGES, ElasticCNN, ElasticMobileNet, Stage
 
-DEFAULTS: dict[str, Any] = {
-    "stages": [[s.max_width, s.max_depth, s.stride] for s in DEFAULT_STAGES],
-    "stem": 16,
-    "head": 128,
-    "depths": (1, 2, 3),
-    "expansions": (2, 3, 4),
-    "kernels": (3, 5, 7),
-    "width_mults": (0.5, 0.75, 1.0),
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mobilenet": {
+        "stages": [[s.max_width, s.max_depth, s.stride] for s in DEFAULT_STAGES],
+        "stem": 16,
+        "head": 128,
+        "depths": (1, 2, 3),
+        "expansions": (2, 3, 4),
+        "kernels": (3, 5, 7),
+        "width_mults": (0.5, 0.75, 1.0),
+    },
+    "cnn": {
+        "stages": [[16, 2, 2], [32, 2, 2], [64, 2, 2]],
+        "stem": 16,
+        "head": 128,
+        "depths": (1, 2),
+        "kernels": (3, 5),
+        "width_mults": (0.5, 0.75, 1.0),
+    },
 }
+_CLASSES: dict[str, type[ElasticMobileNet]] = {"mobilenet": ElasticMobileNet, "cnn": ElasticCNN}
 
 
-def supernet(*, input_shape: tuple[int, ...], num_classes: int, **args: Any) -> ElasticMobileNet:
-    """A new (untrained) supernet covering every sub-network of the space with these args."""
-    unknown = sorted(set(args) - set(DEFAULTS))
+def _supernet(kind: str, input_shape: tuple[int, ...], num_classes: int, **args: Any) -> Any:
+    defaults = DEFAULTS[kind]
+    unknown = sorted(set(args) - set(defaults))
     if unknown:
         raise ValueError(
-            f"elastic_mobilenet: unknown arg {unknown[0]!r}; valid args are: {', '.join(DEFAULTS)}"
+            f"elastic_{kind}: unknown arg {unknown[0]!r}; valid args are: {', '.join(defaults)}"
         )
-    kw = {**DEFAULTS, **args}
+    kw = {**defaults, **args}
     stages = kw.pop("stages")
     try:
         parsed = [Stage(int(w), int(d), int(s)) for w, d, s in stages]
     except (TypeError, ValueError):
         raise ValueError(
-            f"elastic_mobilenet: stages must be a list of [max_width, max_depth, stride], "
+            f"elastic_{kind}: stages must be a list of [max_width, max_depth, stride], "
             f"got {stages!r}; write e.g. [[24, 3, 2], [40, 3, 2]]"
         ) from None
-    return ElasticMobileNet(tuple(input_shape), num_classes, stages=parsed, **kw)
+    return _CLASSES[kind](tuple(input_shape), num_classes, stages=parsed, **kw)
+
+
+def mobilenet_supernet(
+    *, input_shape: tuple[int, ...], num_classes: int, **args: Any
+) -> ElasticMobileNet:
+    """A new (untrained) supernet covering every sub-network of ``elastic_mobilenet``."""
+    return _supernet("mobilenet", input_shape, num_classes, **args)
+
+
+def cnn_supernet(*, input_shape: tuple[int, ...], num_classes: int, **args: Any) -> ElasticCNN:
+    """A new (untrained) supernet covering every sub-network of ``elastic_cnn``."""
+    return _supernet("cnn", input_shape, num_classes, **args)
 
 
 @functools.lru_cache(maxsize=8)
 def _skeleton(key: str) -> ElasticMobileNet:
-    """One supernet per set of args and shapes in this process: sub-networks are cut from it."""
+    """One supernet per kind, args and shapes in this process: sub-networks are cut from it."""
     spec = json.loads(key)
-    return supernet(**spec)
+    return _supernet(**spec)
 
 
 def skeleton(
-    input_shape: tuple[int, ...], num_classes: int, args: Mapping[str, Any]
+    input_shape: tuple[int, ...], num_classes: int, args: Mapping[str, Any], kind: str = "mobilenet"
 ) -> ElasticMobileNet:
     key = json.dumps(
-        {"input_shape": list(input_shape), "num_classes": num_classes, **dict(args)},
+        {"kind": kind, "input_shape": list(input_shape), "num_classes": num_classes, **dict(args)},
         sort_keys=True,
         default=list,
     )
@@ -125,6 +151,17 @@ def params_of(config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _subnet(
+    kind: str, trial: optuna.trial.BaseTrial, input_shape: tuple[int, ...], num_classes: int,
+    args: Mapping[str, Any],
+) -> nn.Module:  # fmt: skip
+    net = skeleton(tuple(input_shape), num_classes, args, kind)
+    config = sample_config(trial, net)
+    model = net.extract(config)
+    model.nas_subnet = config  # type: ignore[assignment]
+    return model
+
+
 def elastic_mobilenet(
     trial: optuna.trial.BaseTrial,
     *,
@@ -132,15 +169,23 @@ def elastic_mobilenet(
     num_classes: int,
     **args: Any,
 ) -> nn.Module:
-    """A sub-network of the elastic MobileNet as a standalone model (untrained weights); its
-    configuration is kept as ``model.nas_subnet``."""
-    net = skeleton(tuple(input_shape), num_classes, args)
-    config = sample_config(trial, net)
-    model = net.extract(config)
-    model.nas_subnet = config  # type: ignore[assignment]
-    return model
+    """A sub-network of the elastic MobileNet (inverted residuals) as a standalone model
+    (untrained weights); its configuration is kept as ``model.nas_subnet``."""
+    return _subnet("mobilenet", trial, input_shape, num_classes, args)
+
+
+def elastic_cnn(
+    trial: optuna.trial.BaseTrial,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    **args: Any,
+) -> nn.Module:
+    """A sub-network of the elastic CNN (plain kxk convolutions) as a standalone model (untrained
+    weights); its configuration is kept as ``model.nas_subnet``."""
+    return _subnet("cnn", trial, input_shape, num_classes, args)
 
 
 # what makes a space usable by ``search.mode: supernet``
-elastic_mobilenet.supernet = supernet  # type: ignore[attr-defined]
-elastic_mobilenet.sample_config = sample_config  # type: ignore[attr-defined]
+elastic_mobilenet.supernet = mobilenet_supernet  # type: ignore[attr-defined]
+elastic_cnn.supernet = cnn_supernet  # type: ignore[attr-defined]

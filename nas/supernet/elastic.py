@@ -41,7 +41,7 @@ DEFAULT_STAGES = (Stage(24, 3, 2), Stage(40, 3, 2), Stage(64, 3, 2))
 def _check_choices(name: str, values: Sequence[int]) -> tuple[int, ...]:
     out = tuple(sorted(set(values)))
     if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in out):
-        raise ValueError(f"elastic mobilenet: {name} must be positive ints, got {tuple(values)}")
+        raise ValueError(f"elastic supernet: {name} must be positive ints, got {tuple(values)}")
     return out
 
 
@@ -119,14 +119,9 @@ class ElasticDepthwise(nn.Module):
         self.active_kernel = big
 
     def kernel_weight(self, channels: int) -> torch.Tensor:
-        w = self.weight[:channels]
-        for k in reversed(self.kernels[:-1]):  # 7 -> 5 -> 3: each from the one above
-            if k < self.active_kernel:
-                break
-            start = (w.shape[-1] - k) // 2
-            crop = w[:, :, start : start + k, start : start + k].reshape(channels, k * k)
-            w = (crop @ self.transforms[str(k)].T).reshape(channels, 1, k, k)
-        return w
+        return _cut_kernel(
+            self.weight[:channels], self.kernels, self.active_kernel, self.transforms
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, k = x.shape[1], self.active_kernel
@@ -139,6 +134,85 @@ class ElasticDepthwise(nn.Module):
         with torch.no_grad():
             conv.weight.copy_(self.kernel_weight(c))
         return nn.Sequential(conv, self.bn.extract(c), nn.ReLU6())
+
+
+def _cut_kernel(
+    w: torch.Tensor, kernels: Sequence[int], active: int, transforms: nn.ParameterDict
+) -> torch.Tensor:
+    """The ``active`` x ``active`` kernel cut from the largest ``w`` (..., K, K): the centre of
+    each size through its learned transform, 7 -> 5 -> 3, each from the one above."""
+    lead = w.shape[:-2]
+    for k in reversed(tuple(kernels)[:-1]):
+        if k < active:
+            break
+        start = (w.shape[-1] - k) // 2
+        crop = w[..., start : start + k, start : start + k].reshape(-1, k * k)
+        w = (crop @ transforms[str(k)].T).reshape(*lead, k, k)
+    return w
+
+
+class ElasticConv(nn.Module):
+    """A full kxk convolution (then BN, ReLU6) from the first ``c_in`` to the first
+    ``active_out`` channels, at an active kernel size cut from the largest as the depthwise's."""
+
+    def __init__(self, c_in: int, c_out: int, kernels: Sequence[int], stride: int) -> None:
+        super().__init__()
+        self.kernels = tuple(sorted(kernels))
+        big = self.kernels[-1]
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, big, big))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        self.transforms = nn.ParameterDict(
+            {str(k): nn.Parameter(torch.eye(k * k)) for k in self.kernels[:-1]}
+        )
+        self.bn = ElasticBN(c_out)
+        self.active_kernel = big
+        self.active_out = c_out
+
+    def kernel_weight(self, c_in: int) -> torch.Tensor:
+        w = self.weight[: self.active_out, :c_in]
+        return _cut_kernel(w, self.kernels, self.active_kernel, self.transforms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.active_kernel
+        y = F.conv2d(x, self.kernel_weight(x.shape[1]), stride=self.stride, padding=k // 2)
+        return F.relu6(self.bn(y))
+
+    def extract(self, c_in: int) -> nn.Sequential:
+        k = self.active_kernel
+        conv = nn.Conv2d(c_in, self.active_out, k, self.stride, k // 2, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(self.kernel_weight(c_in))
+        return nn.Sequential(conv, self.bn.extract(self.active_out), nn.ReLU6())
+
+
+class ElasticConvBlock(nn.Module):
+    """A plain CNN block: one elastic kxk convolution (width and kernel elastic), a residual
+    when the shapes match. No expansion: ``expand`` is always 1."""
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, expansions: Sequence[int], kernels: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = ElasticConv(c_in, c_out, kernels, stride)
+
+    def configure(self, width: int, expand: int, kernel: int) -> None:
+        self.conv.active_out, self.conv.active_kernel = width, kernel
+
+    @property
+    def choice(self) -> tuple[int, int, int]:
+        """(width, expand, kernel) now active."""
+        return self.conv.active_out, 1, self.conv.active_kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return x + y if self.stride == 1 and x.shape[1] == y.shape[1] else y
+
+    def extract(self, c_in: int) -> nn.Module:
+        return _Residual(
+            self.conv.extract(c_in), residual=self.stride == 1 and c_in == self.conv.active_out
+        )
 
 
 class ElasticBlock(nn.Module):
@@ -154,6 +228,15 @@ class ElasticBlock(nn.Module):
         self.depthwise = ElasticDepthwise(mid, kernels, stride)
         self.project = ElasticPointwise(mid, c_out, act=False)
         self.active_expand = max(expansions)
+
+    def configure(self, width: int, expand: int, kernel: int) -> None:
+        self.project.active_out, self.active_expand = width, expand
+        self.depthwise.active_kernel = kernel
+
+    @property
+    def choice(self) -> tuple[int, int, int]:
+        """(width, expand, kernel) now active."""
+        return self.project.active_out, self.active_expand, self.depthwise.active_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.expand.active_out = x.shape[1] * self.active_expand
@@ -190,6 +273,9 @@ class ElasticMobileNet(nn.Module):
     widest depth, a list per stage; blocks beyond the stage's depth are ignored).
     """
 
+    kind = "mobilenet"
+    block: type[nn.Module] = ElasticBlock
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -206,6 +292,7 @@ class ElasticMobileNet(nn.Module):
         super().__init__()
         # what the weights belong to: a checkpoint of another supernet is refused on load
         self.spec = {
+            "kind": self.kind,
             "input_shape": list(input_shape),
             "num_classes": num_classes,
             "stages": [[s.max_width, s.max_depth, s.stride] for s in stages],
@@ -217,13 +304,15 @@ class ElasticMobileNet(nn.Module):
             "width_mults": sorted(set(width_mults)),
         }
         if len(input_shape) != 3:
-            raise ValueError(f"elastic mobilenet: input_shape must be (C, H, W), got {input_shape}")
+            raise ValueError(
+                f"elastic {self.kind}: input_shape must be (C, H, W), got {input_shape}"
+            )
         self.stages = tuple(stages)
         self.depths = _check_choices("depths", depths)
         self.expansions = _check_choices("expansions", expansions)
         self.kernels = _check_choices("kernels", kernels)
         if any(k % 2 == 0 for k in self.kernels):
-            raise ValueError(f"elastic mobilenet: kernels must be odd, got {self.kernels}")
+            raise ValueError(f"elastic {self.kind}: kernels must be odd, got {self.kernels}")
         self.width_mults = tuple(sorted(set(width_mults)))
         self.widths = [
             tuple(sorted({max(1, round(s.max_width * m)) for m in self.width_mults}))
@@ -232,7 +321,7 @@ class ElasticMobileNet(nn.Module):
         for s in self.stages:
             if max(self.depths) > s.max_depth:
                 raise ValueError(
-                    f"elastic mobilenet: depths go up to {max(self.depths)}, a stage has "
+                    f"elastic {self.kind}: depths go up to {max(self.depths)}, a stage has "
                     f"max_depth {s.max_depth}; lower depths or raise max_depth"
                 )
         self.stem = nn.Sequential(
@@ -243,7 +332,7 @@ class ElasticMobileNet(nn.Module):
             stage = nn.ModuleList()
             for b in range(s.max_depth):
                 stage.append(
-                    ElasticBlock(c_in, s.max_width, s.stride if b == 0 else 1, expansions, kernels)
+                    self.block(c_in, s.max_width, s.stride if b == 0 else 1, expansions, kernels)
                 )
                 c_in = s.max_width
             blocks.append(stage)
@@ -313,9 +402,9 @@ class ElasticMobileNet(nn.Module):
         for i, stage in enumerate(self.blocks):
             for b, block in enumerate(stage):
                 if b < config["depth"][i]:
-                    block.active_expand = config["expand"][i][b]
-                    block.depthwise.active_kernel = config["kernel"][i][b]
-                    block.project.active_out = config["width"][i]
+                    block.configure(
+                        config["width"][i], config["expand"][i][b], config["kernel"][i][b]
+                    )
 
     # --- forward and extraction ------------------------------------------------------------------
 
@@ -350,14 +439,13 @@ class ElasticMobileNet(nn.Module):
         for i, stage in enumerate(self.blocks):
             for b, block in enumerate(stage[: self.active["depth"][i]]):
                 out.append(self._block_piece(i, b, c, shape))
-                c, shape = block.project.active_out, _strided(shape, block)
+                c, shape = block.choice[0], _strided(shape, block)
         out.append(self._head_piece(c, shape))
         return out
 
     def _block_piece(self, i: int, b: int, c: int, shape: tuple) -> tuple[str, nn.Module, tuple]:
         block = self.blocks[i][b]
-        w, e = block.project.active_out, block.active_expand
-        k, s = block.depthwise.active_kernel, block.stride
+        (w, e, k), s = block.choice, block.stride
         key = f"block:{i}.{b}:c{c}>w{w}:e{e}:k{k}:s{s}:{shape[1]}x{shape[2]}"
         return key, block.extract(c), shape
 
@@ -377,6 +465,7 @@ class ElasticMobileNet(nn.Module):
         """The standalone piece of ``key`` (one of :meth:`piece_keys`) and its input shape."""
         build = dict(self._variants())[key]
         _, module, shape = build()
+        self.set_active(self.active)  # building set a block's choices: restore the active ones
         return module, shape
 
     def _variants(self) -> list[tuple[str, Any]]:
@@ -398,9 +487,7 @@ class ElasticMobileNet(nn.Module):
                             for k in self.kernels:
 
                                 def build(i=i, b=b, c=c, s=in_shape, w=w, e=e, k=k):
-                                    blk = self.blocks[i][b]
-                                    blk.active_expand, blk.depthwise.active_kernel = e, k
-                                    blk.project.active_out = w
+                                    self.blocks[i][b].configure(w, e, k)
                                     return self._block_piece(i, b, c, s)
 
                                 s = block.stride
@@ -422,4 +509,43 @@ class ElasticMobileNet(nn.Module):
 
 
 def _strided(shape: tuple, block: nn.Module) -> tuple:
-    return (block.project.active_out, *[-(-side // block.stride) for side in shape[1:]])
+    return (block.choice[0], *[-(-side // block.stride) for side in shape[1:]])
+
+
+class ElasticCNN(ElasticMobileNet):
+    """The elastic CNN: stem, stages of plain kxk convolutions (BN, ReLU6; the first of a stage
+    strided, a residual where shapes match) with elastic depth, width and kernel, then the 1x1
+    head conv, pooling and Linear. ``expand`` is fixed at 1."""
+
+    kind = "cnn"
+    block = ElasticConvBlock
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        stages: Sequence[Stage] = (Stage(16, 2, 2), Stage(32, 2, 2), Stage(64, 2, 2)),
+        stem: int = 16,
+        head: int = 128,
+        depths: Sequence[int] = (1, 2),
+        expansions: Sequence[int] = (1,),
+        kernels: Sequence[int] = (3, 5),
+        width_mults: Sequence[float] = (0.5, 0.75, 1.0),
+    ) -> None:
+        if tuple(expansions) != (1,):
+            raise ValueError(
+                f"elastic cnn: a plain convolution has no expansion ratio, got expansions="
+                f"{tuple(expansions)}; leave expansions out"
+            )
+        super().__init__(
+            input_shape,
+            num_classes,
+            stages=stages,
+            stem=stem,
+            head=head,
+            depths=depths,
+            expansions=expansions,
+            kernels=kernels,
+            width_mults=width_mults,
+        )

@@ -8,15 +8,15 @@ import re
 import pytest
 import torch
 
-from nas.supernet import ElasticMobileNet, Stage
+from nas.supernet import ElasticCNN, ElasticMobileNet, Stage
 from objectives import count_flops, count_params
 
 SHAPE = (1, 28, 28)
 
 
-def _supernet(seed: int = 0) -> ElasticMobileNet:
+def _supernet(seed: int = 0, cls: type[ElasticMobileNet] = ElasticMobileNet) -> ElasticMobileNet:
     torch.manual_seed(seed)
-    net = ElasticMobileNet(SHAPE, 10, stages=(Stage(16, 3, 2), Stage(24, 3, 2)), head=32)
+    net = cls(SHAPE, 10, stages=(Stage(16, 3, 2), Stage(24, 3, 2)), head=32)
     # non-trivial BN statistics and kernel transforms, as after training
     with torch.no_grad():
         for m in net.modules():
@@ -31,9 +31,12 @@ def _supernet(seed: int = 0) -> ElasticMobileNet:
     return net.eval()
 
 
+@pytest.mark.parametrize("cls", [ElasticMobileNet, ElasticCNN])
 @pytest.mark.parametrize("seed", range(6))
-def test_extracted_subnet_computes_what_the_supernet_computes(seed: int) -> None:
-    net = _supernet()
+def test_extracted_subnet_computes_what_the_supernet_computes(
+    seed: int, cls: type[ElasticMobileNet]
+) -> None:
+    net = _supernet(cls=cls)
     config = net.sample(torch.Generator().manual_seed(seed))
     net.set_active(config)
     x = torch.rand(4, *SHAPE)
@@ -92,3 +95,24 @@ def test_extracted_subnet_exports_to_onnx(tmp_path) -> None:
     x = torch.rand(3, *SHAPE)
     out = onnx_utils.session(tmp_path / "sub.onnx").run(None, {"input": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), sub(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_elastic_cnn_cuts_full_convolutions() -> None:
+    net = _supernet(cls=ElasticCNN)
+    big, small = net.extract(net.largest()), net.extract(net.smallest())
+    convs = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.groups == 1 for m in convs)  # plain convolutions, no depthwise
+    assert [m.kernel_size for m in convs if m.kernel_size != (1, 1)][1:] == [(3, 3)] * (
+        len(convs) - 2
+    )
+    assert count_flops(small, SHAPE) < count_flops(big, SHAPE) / 3
+    with pytest.raises(ValueError, match="no expansion ratio"):
+        ElasticCNN(SHAPE, 10, expansions=(2, 4))
+    # the 3x3 kernel of a full convolution trains the 5x5's transform too
+    net.train()
+    config = net.largest()
+    config["kernel"] = [[3, 3, 3], [3, 3, 3]]
+    net.set_active(config)
+    net(torch.rand(4, *SHAPE)).sum().backward()
+    conv = net.blocks[0][0].conv
+    assert conv.transforms["3"].grad is not None and conv.weight.grad[:, :, 0, 0].abs().sum() == 0

@@ -47,7 +47,9 @@ def test_table_measures_each_piece_once_and_caches(
     big, small = net.largest(), net.smallest()
     predicted = table.predict(net, big)
     n = len(calls)
-    assert n == len(net.pieces(big)) and path.is_file()
+    # each piece, and once an empty model (the per-call cost, counted once per prediction)
+    assert n == len(net.pieces(big)) + 1 and path.is_file()
+    assert table.overhead == 0.0  # the fake times a model by its parameters
     assert predicted == pytest.approx(sum(table.entries.values()))
     assert table.predict(net, big) == predicted and len(calls) == n  # nothing measured again
     table.predict(net, small)
@@ -64,3 +66,31 @@ def test_a_real_measurement_is_positive() -> None:
     net = _net()
     (key, module, shape), *_ = net.pieces(net.smallest())
     assert key.startswith("stem:") and lut.measure(module, shape, repeats=5) > 0
+
+
+def test_fill_times_every_piece_a_subnetwork_can_hold_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(lut, "measure", lambda m, shape, b=1, r=50: calls.append(shape) or 1.0)
+    net = _net()
+    table = lut.LatencyTable(tmp_path / "latency.json")
+    n = table.fill(net)
+    assert n == len(calls) == len(set(net.piece_keys())) == len(table.entries)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # every sampled sub-network is covered: nothing measured on predict
+        config = net.sample(gen)
+        assert table.predict(net, config) == pytest.approx(1.0)  # n pieces - (n - 1) overheads
+    assert len(calls) == n + 1  # only the empty model's time was added
+    assert lut.LatencyTable(tmp_path / "latency.json").fill(net) == 0  # cached
+
+
+def test_a_piece_from_its_key_is_the_piece_of_the_subnetwork() -> None:
+    net = _net()
+    config = net.sample(torch.Generator().manual_seed(5))
+    for key, module, shape in net.pieces(config):
+        alone, alone_shape = net.piece(key)
+        assert tuple(alone_shape) == tuple(shape)
+        inp = torch.rand(2, *shape)
+        with torch.no_grad():
+            torch.testing.assert_close(alone.eval()(inp), module.eval()(inp))
