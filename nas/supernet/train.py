@@ -146,7 +146,7 @@ def _save(path: Path, net: nn.Module, opt: Any, sched: Any, epoch: int, meta: di
 
 
 @torch.no_grad()
-def recalibrate_bn(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+def recalibrate_bn(net: nn.Module, x: torch.Tensor, batch_size: int = 128) -> None:
     """Re-estimate every BatchNorm's running statistics for the active sub-network from ``x``
     (a cumulative average over the batches), then leave the net in eval mode. Channels the
     sub-network does not use are reset: recalibrate again before scoring another one."""
