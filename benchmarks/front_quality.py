@@ -281,6 +281,17 @@ def hypervolumes(front: list[dict], base: list[dict], cost: str) -> dict[str, An
     }
 
 
+def staircase(rows: list[dict], cost: str) -> tuple[list[float], list[float]]:
+    """The (cost, accuracy) steps of the rows that no cheaper row beats on accuracy."""
+    best, xs, ys = -1.0, [], []
+    for r in sorted(rows, key=lambda r: r[cost]):
+        if r["accuracy"] > best:
+            best = r["accuracy"]
+            xs.append(r[cost])
+            ys.append(r["accuracy"])
+    return xs, ys
+
+
 def plot(front: list[dict], base: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -295,13 +306,7 @@ def plot(front: list[dict], base: list[dict], path: Path) -> None:
         strict=True,
     ):
         f = sorted(front, key=lambda r: r[cost])
-        best, xs, ys = -1.0, [], []
-        for r in f:
-            if r["accuracy"] > best:
-                best = r["accuracy"]
-                xs.append(r[cost])
-                ys.append(r["accuracy"])
-        ax.step(xs, ys, where="post", color="tab:blue", alpha=0.6)
+        ax.step(*staircase(f, cost), where="post", color="tab:blue", alpha=0.6)
         ax.scatter([r[cost] for r in f], [r["accuracy"] for r in f], color="tab:blue", zorder=3)
         ax.scatter([], [], color="tab:blue", label="searched + finalized front")
         for r in base:

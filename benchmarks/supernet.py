@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from front_quality import hypervolumes, time_all  # noqa: E402
+from front_quality import hypervolumes, staircase, time_all  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SUPERNET = ROOT / "experiments" / "fashion_mnist_supernet.yaml"
@@ -217,15 +217,8 @@ def plot(rows: dict[str, list[dict]], path: Path, walls: dict[str, float]) -> No
         strict=True,
     ):
         for arm_name, rs in rows.items():
-            rs = sorted(rs, key=lambda r: r[cost])
-            best, xs, ys = -1.0, [], []
-            for r in rs:
-                if r["accuracy"] > best:
-                    best = r["accuracy"]
-                    xs.append(r[cost])
-                    ys.append(r["accuracy"])
             c = colors[arm_name]
-            ax.step(xs, ys, where="post", color=c, alpha=0.6)
+            ax.step(*staircase(rs, cost), where="post", color=c, alpha=0.6)
             ax.scatter([r[cost] for r in rs], [r["accuracy"] for r in rs], color=c, zorder=3,
                        label=f"{labels[arm_name]} ({walls[arm_name] / 60:.0f} min)")  # fmt: skip
         ax.set_xscale("log")

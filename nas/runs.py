@@ -337,12 +337,11 @@ def _search(r: Run, *, progress: bool) -> Run:
         gpus_per_trial=s.gpus_per_trial,
     )
     if supernet:
-        from nas.supernet.search import search as supernet_search
+        from nas.supernet import search as supernet_mode
 
-        supernet_search(r, settings, progress)
-        r.write_front()
-        return r
-    problem = ExperimentProblem(r.exp, r.dir, r.splits)
+        problem: ExperimentProblem = supernet_mode.prepare(r, progress)
+    else:
+        problem = ExperimentProblem(r.exp, r.dir, r.splits)
     optimize(
         functools.partial(problem_from_run_dir, r.dir.resolve()),
         settings,
@@ -350,5 +349,7 @@ def _search(r: Run, *, progress: bool) -> Run:
         progress=progress,
         problem=problem,
     )
+    if supernet:
+        supernet_mode.after_search(r, progress)
     r.write_front()
     return r

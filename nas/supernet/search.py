@@ -324,24 +324,18 @@ def predictors(run: Run, progress: bool = True, timed: int = 30) -> dict[str, An
     return out
 
 
-def search(run: Run, settings: Any, progress: bool = True) -> None:
-    """The supernet run's stages (see the module doc); each resumes where it stopped."""
-    import functools
-
-    from nas.runs import problem_from_run_dir
-    from nas.search import optimize
-
+def prepare(run: Run, progress: bool = True) -> SupernetProblem:
+    """Before the search: the supernet trained (or resumed, or loaded) and, when latency is
+    measured, the latency table filled; return the problem the search scores with."""
     net = train_stage(run, progress)
     prob = SupernetProblem(run.exp, run.dir, run.splits)
     if prob.lut is not None:
         prob.lut.fill(net, _sayer(progress))
-    optimize(
-        functools.partial(problem_from_run_dir, run.dir.resolve()),
-        settings,
-        run.dir,
-        progress=progress,
-        problem=prob,
-    )
+    return prob
+
+
+def after_search(run: Run, progress: bool = True) -> None:
+    """After the search: the front saved (and fine-tuned), the predictors checked."""
     save_front(run, progress)
     finetune = run.exp.search.supernet.finetune
     if finetune > 0:

@@ -32,6 +32,8 @@ NOT_APPLICABLE = {
     # its only k x k ungrouped conv is the stem on 1-channel images (too small to decompose)
     ("tucker", "mobilenet"): "no conv",
     ("cp", "mobilenet"): "no conv",
+    ("tucker", "elastic_mobilenet"): "no conv",
+    ("cp", "elastic_mobilenet"): "no conv",
     # transformers: no BN, LayerNorm the channel analysis does not follow, a 1-channel patch conv
     ("slimming", "vit"): "BatchNorm",
     ("filter_pruning", "vit"): "cannot follow channels through module LayerNorm",
@@ -41,6 +43,8 @@ NOT_APPLICABLE = {
     ("head_pruning", "cnn"): "no attention layer",
     ("head_pruning", "mobilenet"): "no attention layer",
     ("head_pruning", "mlp"): "no attention layer",
+    ("head_pruning", "elastic_mobilenet"): "no attention layer",
+    ("head_pruning", "elastic_cnn"): "no attention layer",
 }
 
 
