@@ -121,6 +121,10 @@ class Context:
     calib_x: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     calib_y: torch.Tensor | None = None  # labels of calib_x (e.g. for gradient criteria)
+    # the model's channels are already in importance order, leading ones first (a weight-sharing
+    # supernet's sub-network: every smaller sub-network trains the leading channels); techniques
+    # that rank channels by a trained score (slimming's |gamma|) keep the leading ones instead
+    leading_channels: bool = False
 
 
 class Technique:

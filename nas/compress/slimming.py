@@ -5,6 +5,9 @@ after training the channels with the smallest |gamma| (knob ``ratio``: the fract
 global threshold, or per layer with ``per_layer: true``) are removed physically: the producing
 conv's filters, the BN entries and the consuming layers' input channels. Channels tied through a
 residual add, a depthwise conv or squeeze-excite are pruned together.
+On a supernet's sub-network (``search.mode: supernet``) no candidate is trained: the channels
+removed are the trailing ones, the supernet's importance order (every smaller sub-network trains
+the leading channels), and BatchNorm statistics are re-estimated afterwards.
 Exports: the physically smaller model.
 """
 
@@ -51,9 +54,15 @@ class Slimming(Technique):
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         ratio, round_to = knobs["ratio"], int(knobs.get("round_to", 1))
-        if isinstance(ratio, Mapping):
-            return slim(model, 0.0, ctx.input_shape, per_layer=ratio, round_to=round_to)
-        return slim(model, float(ratio), ctx.input_shape, round_to=round_to)
+        per_layer = ratio if isinstance(ratio, Mapping) else None
+        return slim(
+            model,
+            0.0 if per_layer else float(ratio),
+            ctx.input_shape,
+            per_layer=per_layer,
+            round_to=round_to,
+            by_position=ctx.leading_channels,
+        )
 
     def estimate(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         """Before training the gammas are all equal: estimate with the ratio applied per layer."""

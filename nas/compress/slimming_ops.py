@@ -927,6 +927,7 @@ def slim(
     per_layer: Mapping[str, float] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
+    by_position: bool = False,
 ) -> nn.Module:
     """Return a NEW, physically smaller model (deepcopy; the input is not modified).
 
@@ -941,6 +942,11 @@ def slim(
         min_channels: channels every group keeps at least (its highest-|gamma| ones).
         round_to: a pruned group keeps a multiple of this many channels (rounded up, restoring
             its highest-|gamma| channels), so that runtimes' blocked conv kernels stay fast.
+        by_position: rank each group's channels by position instead of |gamma| (the leading
+            ones score highest, each group on the same 1 .. 0 scale, so a global ``ratio``
+            removes about that fraction of every group's trailing channels): for models whose
+            channels are in importance order already, e.g. a weight-sharing supernet's
+            sub-network, whose BN gammas were never pushed to zero.
 
     Raises ``ValueError`` for a model without BatchNorm, without a slimmable BN, or that
     ``torch.fx`` cannot trace, and for out-of-range arguments.
@@ -970,7 +976,10 @@ def slim(
         raise ValueError(
             f"slim: round_to must be an int >= 1, got round_to={round_to!r}; pass e.g. 4"
         )
-    scores = [g.scores(model).tolist() for g in groups]
+    scores = [
+        [1.0 - c / g.size for c in range(g.size)] if by_position else g.scores(model).tolist()
+        for g in groups
+    ]
     keep = select_channels(
         groups,
         scores,

@@ -11,8 +11,9 @@ The stages of a supernet run, each resumable, all in the run folder:
 3. **search**: the usual study (workers, sampler, resume); each trial samples a sub-network and
    compression knobs, cuts the sub-network from the trained weights, re-estimates its BatchNorm
    statistics on ``search.supernet.calibration`` training images, applies the compression
-   without training (slimming removes the channels of smallest |gamma|, quantization rounds the
-   weights at the searched bits: post-training) and measures every objective. No training;
+   without training (slimming removes the trailing channels, the supernet's importance order;
+   quantization rounds the weights at the searched bits: post-training), re-estimates the
+   BatchNorm statistics of the compressed model and measures every objective. No training;
 4. **front**: each front model is cut again and saved as the trial's weights, so ``nas export``
    and ``nas finalize`` work as for any run; with ``search.supernet.finetune`` > 0 the front is
    then fine-tuned for that many epochs (``nas finalize --from search-weights``);
@@ -37,6 +38,7 @@ import optuna
 import torch
 from torch import nn
 
+from nas.compress._base import Context
 from nas.errors import NasError
 from nas.pipeline import (
     Candidate,
@@ -189,13 +191,30 @@ class SupernetProblem(ExperimentProblem):
     def static(self, candidate: Candidate) -> dict[str, float]:
         return self._with_latency(super().static(candidate), candidate.model.nas_subnet)
 
+    def context(self) -> Context:
+        """Compression's data: the calibration images (BN and int8 ranges alike); slimming
+        removes the supernet's trailing channels."""
+        ctx = super().context()
+        ctx.calib_x, ctx.calib_y = self.calib_x, self.data.train.y[: len(self.calib_x)]
+        ctx.leading_channels = True
+        return ctx
+
     def build(self, candidate: Candidate) -> tuple[nn.Module, dict[str, Any]]:
         """The candidate cut from the supernet and compressed (no training): the model as it is
-        deployed, before :func:`finish_sparse`, and what compressed it."""
+        deployed, before :func:`finish_sparse`, and what compressed it. Compression that changes
+        what the layers see (fewer channels, rounded or factorized weights) is followed by a
+        re-estimation of the BatchNorm statistics, on the same calibration images."""
         model = self.subnet(candidate.model.nas_subnet)
         plan = [s for s in candidate.plan if not s.technique.training_only]
         if plan:
+            # cloned: a technique may change the weights in place
+            before = {k: v.clone() for k, v in model.state_dict().items()}
             model = compress(model, plan, self.context())
+            after = model.state_dict()
+            if before.keys() != after.keys() or any(
+                not torch.equal(v, after[k]) for k, v in before.items()
+            ):
+                recalibrate_bn(model, self.calib_x)
         return model, candidate.describe()
 
     def evaluate(

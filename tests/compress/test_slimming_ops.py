@@ -257,6 +257,27 @@ def test_untrained_model_loses_about_ratio_per_layer() -> None:
         assert abs(_bn(out, name).num_features - n / 2) <= 1
 
 
+def test_by_position_removes_each_groups_trailing_channels() -> None:
+    """A supernet's sub-network: its leading channels are kept whatever the gammas say."""
+    shape = (1, 28, 28)
+    model = _sample(cnn, 1, shape, min_depth=3)
+    with torch.no_grad():  # gammas that rank the trailing channels first
+        for name in slimmable_bns(model):
+            bn = _bn(model, name)
+            bn.weight.copy_(torch.linspace(0.1, 1.0, bn.num_features))
+    out = slim(model, 0.5, shape, by_position=True)
+    for name in slimmable_bns(model):
+        bn, kept = _bn(model, name), _bn(out, name)
+        assert abs(kept.num_features - bn.num_features / 2) <= 1
+        k = kept.num_features
+        assert torch.equal(kept.weight, bn.weight[:k])
+        assert torch.equal(kept.running_mean, bn.running_mean[:k])
+    by_gamma = slim(model, 0.5, shape)
+    name = slimmable_bns(model)[0]
+    k = _bn(by_gamma, name).num_features
+    assert torch.equal(_bn(by_gamma, name).weight, _bn(model, name).weight[-k:])
+
+
 def test_models_without_batchnorm_are_rejected() -> None:
     shape = (1, 28, 28)
     for model in (_sample(mlp, 0, shape), _sample(cnn, 0, shape, batch_norm=False)):

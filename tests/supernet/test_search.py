@@ -13,9 +13,11 @@ import yaml
 
 import nas
 from nas.cli import main
+from nas.compress.slimming import Slimming
+from nas.compress.slimming_ops import slimmable_bns
 from nas.export import trial_model
 from nas.finalize import read_finals
-from nas.pipeline import weights_path
+from nas.pipeline import Candidate, Step, weights_path
 from nas.runs import Run
 from nas.space import rebuild, resolve_space
 from nas.supernet.search import SupernetProblem, supernet_dir
@@ -110,6 +112,32 @@ def test_a_cut_out_subnetwork_scores_as_inside_the_supernet(supernet_run: Path) 
         alone = prob.subnet(config)
         inside = evaluate(prob.net, run.splits.val)
         assert evaluate(alone, run.splits.val) == pytest.approx(inside, abs=1e-3)
+
+
+def test_slimming_a_subnetwork_cuts_its_trailing_channels_then_recalibrates_bn(
+    supernet_run: Path,
+) -> None:
+    run = Run.open(supernet_run)
+    prob = SupernetProblem(run.exp, supernet_run, run.splits)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    cand = prob.sample(study.ask())
+    slimming = Slimming()
+    settings = slimming.parse({"ratio": [0.5, 0.5], "strength": 0})
+    only = Candidate(cand.model, [Step(slimming, settings, {"ratio": 0.5, "round_to": 1})])
+    model, compression = prob.build(only)
+    assert compression == {"slimming": {"ratio": 0.5, "round_to": 1}}
+    whole = prob.subnet(cand.model.nas_subnet)
+    names = slimmable_bns(whole)
+    assert sum(model.get_submodule(n).num_features for n in names) < sum(
+        whole.get_submodule(n).num_features for n in names
+    )
+    recalibrated = 0
+    for n in names:
+        cut, bn = model.get_submodule(n), whole.get_submodule(n)
+        k = cut.num_features
+        assert torch.equal(cut.weight, bn.weight[:k])  # the leading channels, not by |gamma|
+        recalibrated += not torch.allclose(cut.running_var, bn.running_var[:k])
+    assert recalibrated  # the layers after a cut see fewer channels: their statistics moved
 
 
 def test_export_and_resume_work_as_for_any_run(supernet_run: Path, tmp_path: Path) -> None:
