@@ -13,10 +13,12 @@ Stages, each resumable (re-run the same command; what is done is kept):
 3. both fronts (selected on validation accuracy vs multiply-adds) compared on the test split:
    hypervolume of test accuracy vs multiply-adds (fvcore) and vs measured latency (every front
    model's deployed ONNX timed in one interleaved onnxruntime pass, 1 thread, batch 1);
-4. acceptance checks: seconds per scored candidate; sub-networks cut out and evaluated standalone
-   vs inside the supernet (same images, difference in points); the accuracy predictor's Kendall
-   tau (the run's ``supernet/predictors.json``); the per-layer latency table's Kendall tau
-   against 60 sub-networks timed whole.
+4. acceptance checks: seconds per scored candidate (in the search; alone on 1 thread, without
+   and with compression knobs: slimming and int8 PTQ sampled with the sub-network);
+   sub-networks cut out and evaluated standalone vs inside the supernet (same images,
+   difference in points); the accuracy predictor's Kendall tau (the run's
+   ``supernet/predictors.json``); the per-layer latency table's Kendall tau against 60
+   sub-networks timed whole.
 
 Writes benchmarks/results/supernet.json, .md and .png.
 """
@@ -166,8 +168,19 @@ def scoring(sn_dir: Path) -> dict[str, Any]:
     }
 
 
-def scoring_alone(sn_dir: Path, n: int = 100) -> dict[str, Any]:
-    """Seconds to score random candidates as a search worker does (1 thread, quiet machine)."""
+# compression knobs sampled with the sub-network in the second scoring-speed check
+KNOBS = {
+    "slimming": {"ratio": [0.0, 0.5], "strength": 0, "optional": True},
+    "ptq": {"optional": True},
+}
+
+
+def scoring_alone(
+    sn_dir: Path, n: int = 100, compression: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Seconds to score random candidates as a search worker does (1 thread, quiet machine),
+    after one warm-up candidate (imports); with ``compression`` the run's experiment samples
+    those knobs too."""
     import optuna
 
     from nas.runs import Run
@@ -176,20 +189,27 @@ def scoring_alone(sn_dir: Path, n: int = 100) -> dict[str, Any]:
 
     set_threads(1)
     run = Run.open(sn_dir)
-    prob = SupernetProblem(run.exp, sn_dir, run.splits)
+    exp = run.exp
+    if compression is not None:
+        exp = exp.model_copy(update={"compression": compression})
+    prob = SupernetProblem(exp, sn_dir, run.splits)
     study = optuna.create_study(
         directions=list(prob.directions.values()), sampler=optuna.samplers.RandomSampler(seed=3)
     )
-    secs = []
-    for _ in range(n):
+    secs, compressed = [], 0
+    for i in range(n + 1):
         trial = study.ask()
         t0 = time.perf_counter()
         prob.evaluate(prob.sample(trial), trial)
-        secs.append(time.perf_counter() - t0)
+        if i:  # the first one is the warm-up
+            secs.append(time.perf_counter() - t0)
+            compressed += bool(trial.user_attrs.get("compression"))
     set_threads(torch.get_num_threads())
     secs.sort()
     return {
         "candidates": n,
+        "compression": compression,
+        "compressed_candidates": compressed,
         "threads": 1,
         "mean_s": statistics.mean(secs),
         "median_s": statistics.median(secs),
@@ -269,6 +289,7 @@ def main() -> None:
             "training": training,
             "scoring": scoring(sn_dir),
             "scoring_alone": scoring_alone(sn_dir),
+            "scoring_alone_with_knobs": scoring_alone(sn_dir, compression=KNOBS),
             "front_size": len(rows["supernet"]),
             "extraction": extraction_check(sn_dir),
             "accuracy_predictor": predictors.get("accuracy"),
@@ -299,7 +320,7 @@ def main() -> None:
 def markdown(res: dict[str, Any]) -> str:
     sn, sc, hv, w = res["supernet"], res["scratch"], res["hypervolume"], res["wall_s"]
     tr, sco, ex, lt = sn["training"], sn["scoring"], sn["extraction"], sn["latency_table"]
-    al = sn["scoring_alone"]
+    al, ak = sn["scoring_alone"], sn["scoring_alone_with_knobs"]
     acc = sn["accuracy_predictor"] or {}
     lines = [
         f"# Supernet search vs train-from-scratch search ({res['date']}, {res['machine']})",
@@ -326,7 +347,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"- Scoring one candidate (cut out, BN recalibrated on 256 images, measured on the "
         f"1,000-image validation subset), on a quiet machine, 1 thread, {al['candidates']} random "
         f"candidates: mean {al['mean_s']:.2f} s, median {al['median_s']:.2f} s, 95th "
-        f"percentile {al['p95_s']:.2f} s, max {al['max_s']:.2f} s. In the search itself (2 "
+        f"percentile {al['p95_s']:.2f} s, max {al['max_s']:.2f} s (after one warm-up "
+        f"candidate). With compression knobs sampled too (slimming ratio 0-0.5 and int8 PTQ, "
+        f"each optional; {ak['compressed_candidates']} of {ak['candidates']} compressed): mean "
+        f"{ak['mean_s']:.2f} s, median {ak['median_s']:.2f} s, 95th percentile "
+        f"{ak['p95_s']:.2f} s, max {ak['max_s']:.2f} s. In the search itself (2 "
         f"workers on 2 cores, the sampler's work, other processes beside): mean "
         f"{sco['mean_s']:.2f} s, median {sco['median_s']:.2f} s, 95th percentile "
         f"{sco['p95_s']:.2f} s, max {sco['max_s']:.2f} s; {sco['candidates']} candidates scored.",
