@@ -57,7 +57,7 @@ class Slimming(Technique):
         per_layer = ratio if isinstance(ratio, Mapping) else None
         return slim(
             model,
-            0.0 if per_layer else float(ratio),
+            0.0 if per_layer is not None else float(ratio),
             ctx.input_shape,
             per_layer=per_layer,
             round_to=round_to,
