@@ -125,6 +125,46 @@ def extraction_check(sn_dir: Path, n: int = 20) -> dict[str, Any]:
     }
 
 
+def slimming_check(sn_dir: Path, n: int = 6, ratios: tuple[float, ...] = (0.1, 0.3)) -> dict:
+    """Validation accuracy of random sub-networks slimmed without training: by |gamma| (network
+    slimming's order, which assumes the L1 training the supernet never had), by |gamma| then BN
+    recalibrated, and by position then BN recalibrated (what supernet mode does)."""
+    from nas.compress.slimming_ops import slim
+    from nas.runs import Run
+    from nas.supernet.search import SupernetProblem
+    from nas.supernet.train import recalibrate_bn
+    from nas.train import evaluate
+
+    run = Run.open(sn_dir)
+    prob = SupernetProblem(run.exp, sn_dir, run.splits)
+    shape, val = tuple(run.splits.input_shape), prob.data.val
+    gen = torch.Generator().manual_seed(5)
+    rows = []
+    for _ in range(n):
+        whole = prob.subnet(prob.net.sample(gen))
+        row: dict[str, Any] = {"unslimmed": evaluate(whole, val)}
+        for r in ratios:
+            for name, by_position, recal in (
+                ("gamma", False, False),
+                ("gamma_recalibrated", False, True),
+                ("position_recalibrated", True, True),
+            ):
+                cut = slim(whole, r, shape, round_to=8, by_position=by_position)
+                if recal:
+                    recalibrate_bn(cut, prob.calib_x)
+                row[f"{name}@{r}"] = evaluate(cut.eval(), val)
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "unslimmed"]
+    return {
+        "sub_networks": n,
+        "val_images": len(val),
+        "ratios": list(ratios),
+        "unslimmed": [min(r["unslimmed"] for r in rows), max(r["unslimmed"] for r in rows)],
+        "range": {k: [min(r[k] for r in rows), max(r[k] for r in rows)] for k in keys},
+        "rows": rows,
+    }
+
+
 def latency_table_check(sn_dir: Path, n: int = 60) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
@@ -173,6 +213,8 @@ KNOBS = {
     "slimming": {"ratio": [0.0, 0.5], "strength": 0, "optional": True},
     "ptq": {"optional": True},
 }
+# and timed on the largest sub-network (trial params of the slimming and ptq knobs)
+LARGEST_KNOBS = {"slimming.use": True, "slimming.ratio": 0.1, "ptq.use": True}
 
 
 def scoring_alone(
@@ -204,9 +246,22 @@ def scoring_alone(
         if i:  # the first one is the warm-up
             secs.append(time.perf_counter() - t0)
             compressed += bool(trial.user_attrs.get("compression"))
+    largest = None
+    if compression is not None:  # the costliest candidate: the largest sub-network, compressed
+        from search_spaces.elastic import params_of
+
+        params = {**params_of(prob.net.largest()), **LARGEST_KNOBS}
+        times = []
+        for _ in range(3):
+            trial = optuna.trial.FixedTrial(params)
+            t0 = time.perf_counter()
+            prob.evaluate(prob.sample(trial), trial)
+            times.append(time.perf_counter() - t0)
+        largest = {"params": LARGEST_KNOBS, "median_s": statistics.median(times)}
     set_threads(torch.get_num_threads())
     secs.sort()
     return {
+        "largest_compressed": largest,
         "candidates": n,
         "compression": compression,
         "compressed_candidates": compressed,
@@ -292,6 +347,7 @@ def main() -> None:
             "scoring_alone_with_knobs": scoring_alone(sn_dir, compression=KNOBS),
             "front_size": len(rows["supernet"]),
             "extraction": extraction_check(sn_dir),
+            "slimming": slimming_check(sn_dir),
             "accuracy_predictor": predictors.get("accuracy"),
             "latency_table": latency_table_check(sn_dir),
         },
@@ -315,6 +371,25 @@ def main() -> None:
     plot(rows, RESULTS / "supernet.png", walls)
     (RESULTS / "supernet.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def _slimming_line(sl: dict[str, Any]) -> str:
+    def rng(key: str) -> str:
+        lo, hi = sl["range"][key]
+        return f"{lo * 100:.0f}-{hi * 100:.0f} %"
+
+    per_ratio = "; ".join(
+        f"{r:.0%} removed: by |gamma| {rng(f'gamma@{r}')}, by |gamma| + BN recalibration "
+        f"{rng(f'gamma_recalibrated@{r}')}, trailing channels + BN recalibration "
+        f"{rng(f'position_recalibrated@{r}')}"
+        for r in sl["ratios"]
+    )
+    lo, hi = sl["unslimmed"]
+    return (
+        f"- Slimming without training, {sl['sub_networks']} random sub-networks "
+        f"({lo * 100:.0f}-{hi * 100:.0f} % validation accuracy unslimmed, "
+        f"{sl['val_images']} images): {per_ratio}. Supernet mode uses the last."
+    )
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -351,13 +426,16 @@ def markdown(res: dict[str, Any]) -> str:
         f"candidate). With compression knobs sampled too (slimming ratio 0-0.5 and int8 PTQ, "
         f"each optional; {ak['compressed_candidates']} of {ak['candidates']} compressed): mean "
         f"{ak['mean_s']:.2f} s, median {ak['median_s']:.2f} s, 95th percentile "
-        f"{ak['p95_s']:.2f} s, max {ak['max_s']:.2f} s. In the search itself (2 "
+        f"{ak['p95_s']:.2f} s, max {ak['max_s']:.2f} s; the largest sub-network, slimmed by 0.1 "
+        f"and int8: {ak['largest_compressed']['median_s']:.2f} s (median of 3). In the search "
+        f"itself (2 "
         f"workers on 2 cores, the sampler's work, other processes beside): mean "
         f"{sco['mean_s']:.2f} s, median {sco['median_s']:.2f} s, 95th percentile "
         f"{sco['p95_s']:.2f} s, max {sco['max_s']:.2f} s; {sco['candidates']} candidates scored.",
         f"- Cut out vs inside the supernet, {ex['sub_networks']} sub-networks on "
         f"{ex['val_images']} validation images: max difference {ex['max_abs_diff_pp']:.3f} pp "
         f"(mean {ex['mean_abs_diff_pp']:.4f} pp).",
+        _slimming_line(sn["slimming"]),
         f"- Accuracy predictor ({acc.get('model', 'not fitted')}): Kendall tau "
         f"{acc.get('kendall_tau', float('nan')):.3f} on {acc.get('held_out', 0)} held-out "
         f"candidates.",
