@@ -30,12 +30,58 @@ class Subset(_Strict):
     val: int | None = Field(None, gt=0)
 
 
+class TransformsConfig(_Strict):
+    """Preprocessing of streamed image data (``torchvision.transforms.v2``).
+
+    Evaluation: resize the shorter side to ``resize``, centre-crop ``size``. Training: ``crop``
+    (``random_resized``: RandomResizedCrop to ``size``; ``pad``: resize + centre-crop, then a
+    random ``size`` crop of the image padded by ``pad``; ``none``: as evaluation), optional
+    horizontal flip and ``augment``. Then values in [0, 1], normalised by ``mean`` / ``std``.
+    """
+
+    size: int | None = Field(None, gt=0)  # default: the first image's shorter side
+    resize: int | None = Field(None, gt=0)  # default: size (size * 8/7 when size >= 64)
+    crop: Literal["auto", "random_resized", "pad", "none"] = "auto"  # auto: pad below 64 px
+    pad: int = Field(4, ge=0)
+    hflip: bool = True
+    augment: Literal["none", "trivial", "randaugment"] = "none"
+    color: Literal["rgb", "gray"] = "rgb"
+    mean: list[float] | None = None  # default: ImageNet's for RGB, 0.5 for gray
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformsConfig:
+        channels = 3 if self.color == "rgb" else 1
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != channels:
+                raise ValueError(
+                    f"{key} needs one value per channel ({channels} for color {self.color}), "
+                    f"got {value}"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std values must be > 0, got {self.std}")
+        return self
+
+
+class LoaderConfig(_Strict):
+    """``torch.utils.data.DataLoader`` settings for streamed data (image folders, CIFAR, user
+    Datasets); the small built-in datasets are held in memory and ignore them."""
+
+    workers: int = Field(2, ge=0)
+    pin_memory: bool | Literal["auto"] = "auto"  # auto: when training on CUDA
+    persistent_workers: bool = True
+    prefetch_factor: int | None = Field(None, gt=0)
+
+
 class DataConfig(_Strict):
     name: str = "digits"
     root: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     subset: Subset | None = None
     args: dict[str, Any] = Field(default_factory=dict)
+    transforms: TransformsConfig | None = None  # streamed image data only
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
 
 
 class SpaceConfig(_Strict):
@@ -54,6 +100,19 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     finetune_lr: float | None = Field(None, gt=0)  # fine-tune after compression; default lr / 3
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (auto: the first CUDA GPU, else CPU)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 with a GradScaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward pass
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
 
 
 class ObjectiveSpec(_Strict):

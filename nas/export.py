@@ -106,10 +106,10 @@ def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path,
     compression = dict(getattr(model, "nas_compression", {}))
     plain = as_deployed(model, compression)
     int8 = int8_onnx(
-        plain, compression, Context(splits.input_shape, splits.train.x[:CALIBRATION_EXAMPLES])
+        plain, compression, Context(splits.input_shape, splits.train.head(CALIBRATION_EXAMPLES).x)
     )
     # conv/Linear + BN folded here, checked on test inputs (<= 1e-5) before the export
-    fused, fusion = fuse_verified(plain, splits.test.x[:256])
+    fused, fusion = fuse_verified(plain, splits.test.head(256).x)
     onnx_utils.to_onnx(fused, splits.input_shape, folder / "model.onnx")
     if int8 is None:
         return folder / "model.onnx", fusion
@@ -181,7 +181,7 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
         if compression:
             shutil.copyfile(module_path(root, p.number), tmp / "model.pt")
         sess = onnx_utils.session(model_file, threads=1)
-        acc = onnx_utils.accuracy(sess, splits.test.x, splits.test.y)
+        acc = onnx_utils.accuracy(sess, splits.test)
         recorded = (final["metrics"] if final else p.metrics).get("test_accuracy")
         tol = run.exp.export.tolerance
         if recorded is not None and abs(acc - recorded) > tol:

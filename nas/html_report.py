@@ -407,8 +407,8 @@ def _sensitivity_section(run: Run, front: Front) -> list[str]:
     from nas.export import trial_model
 
     knee = front.knee()
-    val = run.splits.val
-    base, table = sensitivity(trial_model(run, knee), val.x[:2000], val.y[:2000])
+    val = run.splits.val.head(2000)
+    base, table = sensitivity(trial_model(run, knee), val.x, val.y)
     bits = sorted({b for per in table.values() for b in per})
     rows = [
         {"layer": name, **{f"{b} bits": f"{100 * per[b]:+.2f}" for b in bits}}

@@ -7,6 +7,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,11 +75,11 @@ def time_ms(
     return statistics.median(times) * 1e3
 
 
-def accuracy(sess, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of an onnxruntime session on a split."""
+def accuracy(sess, split: Any, batch_size: int = 512) -> float:
+    """Top-1 accuracy of an onnxruntime session on a split (in memory or streamed)."""
     name = sess.get_inputs()[0].name
     correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = sess.run(None, {name: x[i : i + batch_size].numpy()})[0]
-        correct += int((logits.argmax(1) == y[i : i + batch_size].numpy()).sum())
-    return correct / max(len(y), 1)
+    for x, y, _ in split.loader(batch_size):
+        logits = sess.run(None, {name: x.numpy()})[0]
+        correct += int((logits.argmax(1) == y.numpy()).sum())
+    return correct / max(len(split), 1)

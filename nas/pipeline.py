@@ -160,12 +160,8 @@ class ExperimentProblem:
         return self.splits
 
     def context(self) -> Context:
-        train = self.data.train
-        return Context(
-            self.data.input_shape,
-            train.x[:CALIBRATION_EXAMPLES],
-            calib_y=train.y[:CALIBRATION_EXAMPLES],
-        )
+        calib = self.data.train.head(CALIBRATION_EXAMPLES)
+        return Context(self.data.input_shape, calib.x, calib_y=calib.y)
 
     def _ctx(self, name: str, split: Split | None, onnx: bytes | None) -> MeasureContext:
         spec = self.exp.objectives.get(name)
@@ -310,6 +306,8 @@ class ExperimentProblem:
         )
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_steps", stats["steps"])
+        trial.set_user_attr("device", stats["device"])
+        trial.set_user_attr("precision", stats["precision"])
         if plan:
             trial.set_user_attr("compression", candidate.describe())
             trial.set_user_attr("accuracy_before_compression", evaluate(model, self.data.val))

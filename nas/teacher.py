@@ -106,9 +106,11 @@ def _slug(spec: str) -> str:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+def _logits(model: nn.Module, split: Any, batch: int = 256) -> torch.Tensor:
+    """Logits of every example of ``split`` in order (a streamed split's one pass of its
+    training transform: distillation then looks them up by example index)."""
     model.eval()
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+    return torch.cat([model(x) for x, _, _ in split.loader(batch)])
 
 
 def teacher_logits(exp: Experiment, splits: Splits, run_dir: Path, spec: str) -> torch.Tensor:
@@ -126,7 +128,7 @@ def teacher_logits(exp: Experiment, splits: Splits, run_dir: Path, spec: str) ->
             torch.save(model, folder / "model.pt")
             (folder / "info.json").write_text(json.dumps(info, indent=2))
             tmp = folder / f".logits.{os.getpid()}.tmp"
-            save_file({"logits": _logits(model, splits.train.x).contiguous()}, str(tmp))
+            save_file({"logits": _logits(model, splits.train).contiguous()}, str(tmp))
             os.replace(tmp, path)
     logits = load_file(str(path))["logits"]
     if logits.shape != (len(splits.train), splits.num_classes):
@@ -142,7 +144,7 @@ def check_teacher(spec: str, splits: Splits) -> nn.Module:
     model = _load_given(spec)
     with torch.no_grad():
         try:
-            out = model.eval()(splits.train.x[:2])
+            out = model.eval()(splits.train.head(2).x)
         except Exception as e:
             raise NasError(
                 f"distill.teacher {spec!r} does not run on this dataset's "

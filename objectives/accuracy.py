@@ -20,5 +20,5 @@ class Accuracy(Objective):
         if ctx.split is None:
             raise NasError("accuracy needs an evaluation split; pass MeasureContext(split=...)")
         if ctx.onnx is not None:  # the deployed (e.g. int8) model, run by onnxruntime
-            return onnx_utils.accuracy(onnx_utils.session(ctx.onnx), ctx.split.x, ctx.split.y)
+            return onnx_utils.accuracy(onnx_utils.session(ctx.onnx), ctx.split)
         return evaluate(model, ctx.split)

@@ -2,13 +2,15 @@
 # One-step set-up, idempotent: .venv, torch (CPU), the project with its dev extra, and the Debian
 # packages: the Fashion-MNIST dataset, PostgreSQL (shared studies), chromium (the report test).
 # Used by `make demo` and `make test`.
-#   TORCH_SPEC  torch requirement to install first (default torch==2.13.0, the CPU build here)
+#   TORCH_SPEC  torch (+ torchvision) requirements to install first (default torch==2.14.1
+#               torchvision==0.29.1: the pair that pip gives a GPU user; it runs on the CPU too.
+#               The CPU-only torch 2.13.0 cannot import torchvision's C++ ops)
 #   PYTHON      interpreter for the venv (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 STAMP="$VENV/.installed"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -19,13 +21,12 @@ fi
 
 want="$(cat pyproject.toml) $TORCH_SPEC"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(echo "$want" | sha256sum)" ]; then
-    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-        echo "[setup] installing $TORCH_SPEC"
-        "$VENV/bin/pip" install -q "$TORCH_SPEC"
-    fi
+    echo "[setup] installing $TORCH_SPEC (first time: several GB, about a minute)"
+    # shellcheck disable=SC2086  # TORCH_SPEC holds several requirements
+    "$VENV/bin/pip" install -q $TORCH_SPEC
     echo "[setup] installing the project (pip install -e .[dev])"
     "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-    "$VENV/bin/python" -c "import nas, torch, optuna, onnxruntime" || {
+    "$VENV/bin/python" -c "import nas, torch, torchvision, timm, torch_pruning, optuna, onnxruntime" || {
         echo "[setup] the install failed; see the pip output above" >&2; exit 1; }
     echo "$want" | sha256sum > "$STAMP"
 fi

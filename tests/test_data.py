@@ -90,10 +90,10 @@ def test_fashion_mnist_missing_files(tmp_path: Path) -> None:
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(NasError) as info:
-        load_data(DataConfig(name="cifar10"))
+        load_data(DataConfig(name="cifar-10"))
     msg = str(info.value)
-    assert "'cifar10'" in msg
-    for name in BUILTIN:
+    assert "'cifar-10'" in msg
+    for name in [*BUILTIN, "imagefolder", "cifar10", "cifar100"]:
         assert name in msg
 
 
@@ -210,4 +210,7 @@ def test_user_dataset_torch_dataset(tmp_path: Path) -> None:
     s = load_data(DataConfig(name=f"{path}:fn"))
     assert (len(s.train), len(s.val), len(s.test)) == (45, 5, 10)
     assert s.num_classes == 5
-    np.testing.assert_array_equal(s.test.y.numpy(), np.arange(10) % 5)
+    assert s.streamed  # a Dataset is streamed through a DataLoader, not copied into a tensor
+    np.testing.assert_array_equal(s.test.labels(), np.arange(10) % 5)
+    x, y, idx = next(iter(s.test.loader(4, workers=0)))
+    assert x.shape == (4, 3) and idx.tolist() == [0, 1, 2, 3]

@@ -63,7 +63,7 @@ class Distill(Technique):
         t, a = float(knobs["temperature"]), float(knobs["alpha"])
 
         def loss(student: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return distillation_loss(student, logits[idx], targets, t, a)
+            return distillation_loss(student, logits[idx].to(student.device), targets, t, a)
 
         return loss
 

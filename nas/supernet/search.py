@@ -98,6 +98,11 @@ def check_experiment(exp: Experiment, splits: Splits) -> None:
     from nas.compress import parse_compression
 
     build_supernet(exp, splits)
+    if splits.streamed:
+        raise NasError(
+            f"search.mode supernet trains on in-memory data; data {exp.data.name!r} is streamed "
+            f"from disk: use search.mode train, or a built-in in-memory dataset"
+        )
     if exp.search.fidelity is not None:
         raise NasError(
             "search.fidelity stops training early, but in search.mode supernet no candidate is "
@@ -170,7 +175,7 @@ class SupernetProblem(ExperimentProblem):
         state = torch.load(path, weights_only=False)  # our own run folder's file
         self.net.load_state_dict(state["model"])
         self.net.eval()
-        self.calib_x = self.data.train.x[: self.exp.search.supernet.calibration]
+        self.calib_x = self.data.train.head(self.exp.search.supernet.calibration).x
         if LATENCY in self.metrics:
             spec = self.exp.objectives.get(LATENCY)
             batch = int((spec.args if spec else {}).get("batch_size", 1))
