@@ -183,8 +183,10 @@ class Experiment(_Strict):
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     space: SpaceConfig  # from base_model when that is given
-    # a trained model to start from (transfer learning): the search explores its compression
-    base_model: str | None = None
+    # a trained model to start from (transfer learning): the search explores its compression.
+    # A path (export / run folder / model file), or {torchvision: NAME, checkpoint: FILE} /
+    # {timm: NAME, checkpoint: FILE} (+ args: the model's constructor args)
+    base_model: str | dict[str, Any] | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     compression: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     objectives: dict[str, ObjectiveSpec]
@@ -228,7 +230,7 @@ class Experiment(_Strict):
             return data
         base, space = data.get("base_model"), data.get("space")
         if base is not None:
-            derived = {"name": "pretrained", "args": {"path": base}}
+            derived = _base_model_space(base)
             if space is not None and space != derived:
                 raise ValueError(
                     "give space or base_model, not both: base_model starts from a trained model "
@@ -239,6 +241,25 @@ class Experiment(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _base_model_space(base: Any) -> dict[str, Any]:
+    """The space a ``base_model`` stands for: ``pretrained`` for a path, the model-zoo space
+    with the checkpoint as its weights for ``{torchvision|timm: NAME, checkpoint: FILE}``."""
+    if not isinstance(base, dict):
+        return {"name": "pretrained", "args": {"path": base}}
+    form = (
+        "write base_model as {torchvision: NAME, checkpoint: FILE} or {timm: NAME, checkpoint: "
+        "FILE} (checkpoint: a state dict; default: the published weights from the local cache; "
+        "args: the model's constructor args)"
+    )
+    libraries = [k for k in ("torchvision", "timm") if k in base]
+    unknown = set(base) - {"torchvision", "timm", "checkpoint", "args"}
+    if len(libraries) != 1 or unknown or not isinstance(base.get("args", {}), dict):
+        raise ValueError(f"base_model {base!r}: {form}")
+    lib = libraries[0]
+    args = {"model": base[lib], "weights": str(base.get("checkpoint", "default"))}
+    return {"name": lib, "args": {**args, **base.get("args", {})}}
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:

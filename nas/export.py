@@ -216,7 +216,8 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
             "input_shape": list(splits.input_shape),
             "num_classes": splits.num_classes,
             "dataset": run.exp.data.name,
-            "input": "float32 tensor (batch, *input_shape); image pixels scaled to [0, 1]",
+            "input": "float32 tensor (batch, *input_shape), preprocessed as 'preprocessing' says",
+            "preprocessing": splits.preprocessing,
             "onnx": {
                 "opset": onnx_utils.OPSET,
                 "input": "input",

@@ -76,6 +76,7 @@ def build_report(run: Run) -> str:
             "front",
             f"{len(front.points)} models, hypervolume {front.hypervolume:.4f}, knee #{knee}",
         ),
+        *hardware_summary(study),
     ]
     sections = [
         _section(
@@ -114,6 +115,25 @@ def build_report(run: Run) -> str:
         sections,
         trials,
     )
+
+
+def hardware_summary(study: optuna.Study) -> list[tuple[str, str]]:
+    """Where the trials trained (device, precision) and where hardware metrics were measured."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    devices = Counter(
+        f"{t.user_attrs['device']}, {t.user_attrs.get('precision', 'fp32')}"
+        for t in done
+        if "device" in t.user_attrs
+    )
+    where = Counter(
+        f"{name}: {how}" for t in done for name, how in t.user_attrs.get("measured_on", {}).items()
+    )
+    out = []
+    if devices:
+        out.append(("trained on", "; ".join(f"{d} ({n} trials)" for d, n in devices.items())))
+    if where:
+        out.append(("measured on", "; ".join(f"{w} ({n} trials)" for w, n in where.items())))
+    return out
 
 
 def compare(run_dirs: Sequence[str | Path], to: str | Path) -> tuple[Path, list[dict[str, Any]]]:

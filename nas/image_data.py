@@ -207,6 +207,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),

@@ -46,8 +46,11 @@ def to_onnx(
     return data
 
 
-def session(model: bytes | str | Path, threads: int = 1):  # -> ort.InferenceSession
-    """An onnxruntime CPU session with a fixed thread count (sequential execution)."""
+def session(
+    model: bytes | str | Path, threads: int = 1, device: str = "cpu"
+):  # -> ort.InferenceSession
+    """An onnxruntime session with a fixed thread count (sequential execution); on the CPU, or
+    ``device="cuda[:N]"`` on onnxruntime's CUDA provider (onnxruntime-gpu)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -56,7 +59,11 @@ def session(model: bytes | str | Path, threads: int = 1):  # -> ort.InferenceSes
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ort.InferenceSession(src, sess_options=opts, providers=providers)
 
 
 def time_ms(

@@ -307,6 +307,9 @@ class ExperimentProblem:
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_steps", stats["steps"])
         trial.set_user_attr("device", stats["device"])
+        where = {n: o.measured_on(self._ctx(n, None, None).args) for n, o in self.metrics.items()}
+        if any(where.values()):
+            trial.set_user_attr("measured_on", {n: w for n, w in where.items() if w})
         trial.set_user_attr("precision", stats["precision"])
         if plan:
             trial.set_user_attr("compression", candidate.describe())
@@ -471,6 +474,12 @@ def preflight(exp: Experiment, splits: Splits) -> None:
         for tech, _ in techniques:
             if reasons[tech.name] is not None:
                 reasons[tech.name] = tech.not_applicable(model, shape)
+    for name, spec in exp.objectives.items():
+        OBJECTIVES.get(name).check(spec.args)
+    if exp.train.device != "auto":
+        from nas.train import resolve_device
+
+        resolve_device(exp.train.device)  # a device that is not here: one line, before any work
     for name, reason in reasons.items():
         if reason:
             raise NasError(

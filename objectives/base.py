@@ -44,3 +44,10 @@ class Objective:
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> float:
         raise NotImplementedError
+
+    def check(self, args: Mapping[str, Any]) -> None:
+        """Refuse args this machine cannot honour (NasError), before any run folder is made."""
+
+    def measured_on(self, args: Mapping[str, Any]) -> str | None:
+        """Where the value comes from (recorded per trial), for hardware-dependent metrics."""
+        return None

@@ -8,6 +8,7 @@ from search_spaces.mlp import mlp
 from search_spaces.mobilenet import mobilenet
 from search_spaces.pretrained import pretrained
 from search_spaces.vit import vit
+from search_spaces.zoo import timm_space, torchvision_space
 
 BUILTIN_SPACES = {
     "cnn": cnn,
@@ -17,15 +18,22 @@ BUILTIN_SPACES = {
     "mlp": mlp,
     "vit": vit,
     "pretrained": pretrained,
+    "torchvision": torchvision_space,
+    "timm": timm_space,
 }
+# spaces that need args (the model's name) or a model: the registry-wide tests leave them out
+MODEL_ZOO = ("pretrained", "torchvision", "timm")
 
 __all__ = [
     "BUILTIN_SPACES",
+    "MODEL_ZOO",
     "cnn",
     "elastic_cnn",
     "elastic_mobilenet",
     "mlp",
     "mobilenet",
     "pretrained",
+    "timm_space",
+    "torchvision_space",
     "vit",
 ]

@@ -212,5 +212,5 @@ def test_user_dataset_torch_dataset(tmp_path: Path) -> None:
     assert s.num_classes == 5
     assert s.streamed  # a Dataset is streamed through a DataLoader, not copied into a tensor
     np.testing.assert_array_equal(s.test.labels(), np.arange(10) % 5)
-    x, y, idx = next(iter(s.test.loader(4, workers=0)))
+    x, _, idx = next(iter(s.test.loader(4, workers=0)))
     assert x.shape == (4, 3) and idx.tolist() == [0, 1, 2, 3]

@@ -15,6 +15,7 @@ from torch import nn
 from nas import onnx_utils
 from nas.errors import NasError
 from nas.space import build_model, list_spaces, load_callable, rebuild, resolve_space
+from search_spaces import MODEL_ZOO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -192,7 +193,7 @@ def _randomise_norm_stats(model: nn.Module, seed: int) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("name", [s for s in list_spaces() if s != "pretrained"])
+@pytest.mark.parametrize("name", [s for s in list_spaces() if s not in MODEL_ZOO])
 def test_registered_space(name: str, shape: tuple[int, ...]) -> None:
     space = resolve_space(name)
     for seed in SEEDS:

@@ -53,6 +53,18 @@ class SearchSettings:
         return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
 
 
+def pin_gpu(index: int) -> int | None:
+    """Worker ``index`` trains on visible GPU ``index % count`` (round-robin; more workers than
+    GPUs share them). ``train.device: auto`` / ``cuda`` then means that GPU. None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    gpu = index % torch.cuda.device_count()
+    torch.cuda.set_device(gpu)
+    return gpu
+
+
 def set_threads(n: int) -> None:
     import torch
 
@@ -95,6 +107,7 @@ def _child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     try:
         set_threads(settings.threads())
+        pin_gpu(index)
         problem = factory()
         study, _ = open_study(
             settings,

@@ -14,6 +14,7 @@ from nas.onnx_utils import session, to_onnx
 from nas.pipeline import finish_sparse
 from nas.space import list_spaces, resolve_space
 from objectives import count_flops, count_params, model_size_bytes
+from search_spaces import MODEL_ZOO
 
 SHAPES = [(1, 28, 28), (1, 8, 8)]
 NAMES = [t.name for t in list_techniques()]
@@ -64,7 +65,7 @@ def _candidate(space: str, shape: tuple[int, ...], seed: int, technique: str, pe
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["28x28", "8x8"])
 # every architecture space (``pretrained`` samples nothing and needs a model: test_pretrained.py)
-@pytest.mark.parametrize("space", [s for s in list_spaces() if s != "pretrained"])
+@pytest.mark.parametrize("space", [s for s in list_spaces() if s not in MODEL_ZOO])
 @pytest.mark.parametrize(("technique", "per_layer"), WITH_PER_LAYER)
 def test_technique_on_space(
     technique: str, space: str, shape: tuple[int, ...], per_layer: bool
@@ -196,7 +197,7 @@ NUMERIC = {
 }
 
 
-@pytest.mark.parametrize("space", [s for s in list_spaces() if s != "pretrained"])
+@pytest.mark.parametrize("space", [s for s in list_spaces() if s not in MODEL_ZOO])
 @pytest.mark.parametrize("technique", NAMES)
 def test_technique_shrinks_the_exported_onnx_model(technique: str, space: str) -> None:
     """Every structural technique: a smaller exported ONNX file with fewer fvcore multiply-adds;
