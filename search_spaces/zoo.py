@@ -16,9 +16,11 @@ expansion and repeats per stage; MobileNetV3 ``width_mult``; EfficientNet ``widt
 Classes and input channels follow the data. ``stem``: ``cifar`` (a stride-1 first convolution, no
 max-pool, a 3x3 first kernel when training from scratch) for small inputs, ``imagenet`` as
 published, ``auto``: cifar up to 64 px. ``weights``: ``none`` (random init), ``default`` (the
-published pretrained weights, from the torch hub / Hugging Face cache only: nothing downloads)
-or a checkpoint file (a state dict, ``.pth``/``.pt``/``.safetensors``; a classifier of another
-size is replaced). Weights fix the architecture: nothing is searched with them.
+published pretrained weights, from the torch hub / Hugging Face cache only: nothing downloads;
+the stem then keeps its kernel, only its stride changes) or a checkpoint file (a state dict,
+``.pth``/``.pt``/``.safetensors``, of the model as this space builds it with the same args, e.g.
+one trained by ``nas`` or with ``stem: imagenet`` for a published-shape model; a classifier of
+another size is re-initialised). Weights fix the architecture: nothing is searched with them.
 """
 
 from __future__ import annotations
@@ -329,22 +331,23 @@ def torchvision_space(
     pretrained = weights != "none"
     _check_weights_search(weights, search, choices, what)
     kwargs = kwargs | _choices(trial, choices)
-    if pretrained:
+    if weights == "default":  # the published model: loaded first, then adapted to the data
         net = _construct(torchvision.models.get_model, model, kwargs, "torchvision")
-        state = _torchvision_default(model) if weights == "default" else _read(weights)
-        load_state(net, state, f"{weights!r}")
-        if _last_linear_name(net) is not None:
+        load_state(net, _torchvision_default(model), "default")
+        head = _last_linear_name(net)
+        if head is not None and net.get_submodule(head).out_features != num_classes:
             from search_spaces.pretrained import new_head
 
-            head = net.get_submodule(_last_linear_name(net))  # type: ignore[arg-type]
-            if head.out_features != num_classes:
-                net = new_head(net, num_classes)
+            net = new_head(net, num_classes)
+        net = adapt(net, channels, side, stem, pretrained=True, timm=False)
     else:
         kwargs["num_classes"] = num_classes
-        net = (_family(trial, model, dict(kwargs)) if search is not False else None) or (
-            _construct(torchvision.models.get_model, model, kwargs, "torchvision")
-        )
-    net = adapt(net, channels, side, stem, pretrained, timm=False)
+        net = (
+            _family(trial, model, dict(kwargs)) if not pretrained and search is not False else None
+        ) or (_construct(torchvision.models.get_model, model, kwargs, "torchvision"))
+        net = adapt(net, channels, side, stem, pretrained=False, timm=False)
+        if pretrained:  # a checkpoint of the model as this space builds it (same args)
+            load_state(net, _read(weights), f"{weights!r}")
     _check_runs(net, input_shape, num_classes, what)
     return net
 
@@ -397,9 +400,9 @@ def timm_space(
     if weights == "default":
         kwargs["pretrained_cfg_overlay"] = {"file": _timm_cached(timm, model)}
     net = _timm_create(timm, model, kwargs, weights == "default")
-    if pretrained and weights != "default":
+    net = adapt(net, channels, side, stem, weights == "default", timm=True)
+    if pretrained and weights != "default":  # a checkpoint of the model as this space builds it
         load_state(net, _read(weights), f"{weights!r}")
-    net = adapt(net, channels, side, stem, pretrained, timm=True)
     _check_runs(net, input_shape, num_classes, what)
     return net
 

@@ -477,8 +477,12 @@ class CostAwareProposer:
         out: list[Proposal] = []
         attempts = 0
         while attempts < 4 * n and len(out) < n:
-            if len(out) >= self.min_proposals and time.perf_counter() > deadline:
-                break
+            now = time.perf_counter()
+            if now > deadline and (
+                len(out) >= min(n, self.min_proposals)
+                or (out and now > deadline + 2 * (self.time_budget or 0.0))
+            ):
+                break  # a real network's static metrics take a second, not milliseconds
             attempts += 1
             if parents and self.rng.random() >= random_share:
                 parent = parents[int(self.rng.integers(len(parents)))]
@@ -533,9 +537,11 @@ class CostAwareProposer:
         warm = len(history.complete) >= self.n_init
         parents = self._parents(history) if warm else []
         kw: dict[str, Any] = {"deadline": deadline, "scales": (0.05, 0.15, 0.35)}
+        # before the surrogate takes over one feasible draw is enough: a uniform pick among many
+        # feasible draws has the same distribution, and a real network takes a second to build
         props = self._draw(
-            history, sample, static, seen, n=self.max_proposals, parents=parents,
-            random_share=0.5, **kw,
+            history, sample, static, seen, n=self.max_proposals if warm else 1,
+            parents=parents, random_share=0.5, **kw,
         )  # fmt: skip
         if not props:
             st.seconds = time.perf_counter() - t0
