@@ -100,7 +100,7 @@ def measure(model: torch.nn.Module, compression: dict, splits, shape) -> dict[st
     onnx = int8_onnx(plain, compression, ctx) or onnx_utils.to_onnx(plain, shape)
     sess = onnx_utils.session(onnx, threads=1)
     return {
-        "test_accuracy": onnx_utils.accuracy(sess, splits.test.x, splits.test.y),
+        "test_accuracy": onnx_utils.accuracy(sess, splits.test),
         "flops": count_flops(plain, shape),
         "params": count_params(plain),
         "size_bytes": model_size_bytes(model),

@@ -73,7 +73,7 @@ def main() -> None:
             path = t / f"{i}.onnx"
             make(path)
             sess = onnx_utils.session(path.read_bytes(), threads=1)
-            acc = onnx_utils.accuracy(sess, splits.test.x, splits.test.y)
+            acc = onnx_utils.accuracy(sess, splits.test)
             rows.append({"variant": name, "test_accuracy": acc})
             print(json.dumps(rows[-1]), flush=True)
     meta = {

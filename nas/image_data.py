@@ -25,6 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from nas.config import DataConfig, LoaderConfig, TransformsConfig
 from nas.errors import NasError
+from nas.splits import SPLIT_SEED, Split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,10 +101,8 @@ class StreamSplit:
             generator=generator,
         )
 
-    def head(self, n: int):  # -> nas.data.Split
+    def head(self, n: int) -> Split:
         """The first ``n`` items, decoded and transformed, as an in-memory split."""
-        from nas.data import Split
-
         ds = self.dataset()
         items = [ds[i] for i in range(min(n, len(self)))]
         x = torch.stack([torch.as_tensor(a) for a, _, _ in items])
@@ -436,8 +435,6 @@ def with_transforms(
 
 def _stratified(targets: np.ndarray | None, n: int, fraction: float) -> tuple[np.ndarray, ...]:
     """(held-out indices, kept indices), stratified when the labels are known; fixed seed."""
-    from nas.data import SPLIT_SEED
-
     rng = np.random.default_rng(SPLIT_SEED)
     if targets is None:
         order = rng.permutation(n)

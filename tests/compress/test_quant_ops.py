@@ -345,12 +345,11 @@ def test_int8_accuracy_is_within_2_points_of_fp32(digits_model, tmp_path):
     model, data = digits_model
     fp32 = onnx_utils.accuracy(
         onnx_utils.session(onnx_utils.to_onnx(fold_bn(model), data.input_shape)),
-        data.test.x,
-        data.test.y,
+        data.test,
     )
     assert fp32 > 0.85  # the model learned something worth quantizing
     path = export_int8(model, data.input_shape, data.train.x[:256], tmp_path / "digits.onnx")
-    int8 = onnx_utils.accuracy(onnx_utils.session(path), data.test.x, data.test.y)
+    int8 = onnx_utils.accuracy(onnx_utils.session(path), data.test)
     assert abs(int8 - fp32) <= 0.02
 
 
