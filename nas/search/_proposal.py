@@ -476,7 +476,7 @@ class CostAwareProposer:
         st = self.stats
         out: list[Proposal] = []
         attempts = 0
-        while attempts < 4 * n and len(out) < n:
+        while attempts < 4 * max(n, 16) and len(out) < n:  # duplicates: 64 tries at least
             now = time.perf_counter()
             if now > deadline and (
                 len(out) >= min(n, self.min_proposals)

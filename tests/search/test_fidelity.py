@@ -95,9 +95,12 @@ def test_reports_without_a_scheduler_only_record_the_curve() -> None:
 
 
 def test_budgets_that_do_not_increase_fail_the_trial_with_a_reason() -> None:
+    calls: list[int] = []
+
     def evaluate(x: float, report: Callable[..., None]) -> dict[str, float]:
-        report(2, {"quality": x})
-        report(1, {"quality": x})
+        calls.append(1)  # each trial better than the last: MO-ASHA never stops it at the rung
+        report(2, {"quality": float(len(calls))})
+        report(1, {"quality": float(len(calls))})
         return {"quality": x}
 
     with pytest.raises(NasError, match="budgets must increase, got 1 after 2"):
