@@ -63,6 +63,9 @@ class StreamSplit:
     transform: Callable[[Any], Any] | None
     loader_cfg: LoaderConfig
     targets: np.ndarray | None = None  # the labels in order, when known without decoding
+    # what ``head`` uses: the evaluation transform (a training split's augmentation is random,
+    # and calibration / checks must see the same examples every time)
+    head_transform: Callable[[Any], Any] | None = None
 
     def __len__(self) -> int:
         return sum(len(i) if i is not None else len(b) for b, i in self.parts)  # type: ignore[arg-type]
@@ -102,7 +105,10 @@ class StreamSplit:
         )
 
     def head(self, n: int) -> Split:
-        """The first ``n`` items, decoded and transformed, as an in-memory split."""
+        """The first ``n`` items, decoded and transformed for evaluation (deterministic), as
+        an in-memory split: int8 calibration and checks use it."""
+        if self.head_transform is not None:
+            return replace(self, transform=self.head_transform, head_transform=None).head(n)
         ds = self.dataset()
         items = [ds[i] for i in range(min(n, len(self)))]
         x = torch.stack([torch.as_tensor(a) for a, _, _ in items])
@@ -424,7 +430,10 @@ def with_transforms(
     pre = preprocessing(tcfg, tcfg.size or min(h, w))
     evaluation = build_transform(tcfg, pre, train=False)
     return Streams(
-        train.with_transform(build_transform(tcfg, pre, train=True)),
+        replace(
+            train.with_transform(build_transform(tcfg, pre, train=True)),
+            head_transform=evaluation,
+        ),
         val.with_transform(evaluation) if val else None,
         test.with_transform(evaluation),
         classes,

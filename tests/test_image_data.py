@@ -165,3 +165,12 @@ def test_loader_workers_and_persistence(folder) -> None:
     loader = s.train.loader(8, shuffle=True, generator=torch.Generator().manual_seed(0))
     epochs = [torch.cat([i for _, _, i in loader]).sort().values.tolist() for _ in range(2)]
     assert epochs[0] == epochs[1] == list(range(30))
+
+
+def test_head_of_an_augmented_split_is_deterministic(folder) -> None:
+    """int8 calibration reads ``train.head``: the same examples, evaluation-transformed, at
+    search and at export (the training augmentation is random)."""
+    s = load_data(_cfg(folder, transforms=TransformsConfig(size=8, crop="random_resized")))
+    torch.testing.assert_close(s.train.head(8).x, s.train.head(8).x)
+    a, b = (torch.cat([x for x, _, _ in s.train.loader(30)]) for _ in range(2))
+    assert not torch.equal(a, b)  # training batches stay augmented
