@@ -537,11 +537,9 @@ class CostAwareProposer:
         warm = len(history.complete) >= self.n_init
         parents = self._parents(history) if warm else []
         kw: dict[str, Any] = {"deadline": deadline, "scales": (0.05, 0.15, 0.35)}
-        # before the surrogate takes over one feasible draw is enough: a uniform pick among many
-        # feasible draws has the same distribution, and a real network takes a second to build
         props = self._draw(
-            history, sample, static, seen, n=self.max_proposals if warm else 1,
-            parents=parents, random_share=0.5, **kw,
+            history, sample, static, seen, n=self.max_proposals, parents=parents,
+            random_share=0.5, **kw,
         )  # fmt: skip
         if not props:
             st.seconds = time.perf_counter() - t0
