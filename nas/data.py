@@ -146,7 +146,7 @@ def _is_pair(part: Any) -> bool:
     return isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], tuple)
 
 
-def _as_arrays(part: Any, what: str) -> Arrays:
+def _as_arrays(part: Any) -> Arrays:
     x, y = part
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
@@ -198,9 +198,9 @@ def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Any, Any, Any]:
     for p in parts:
         _check_part(p, f"dataset {spec!r}")
     if not all(_is_pair(p) for p in parts):
-        parts = [_ArrayDataset(*_as_arrays(p, spec)) if _is_pair(p) else p for p in parts]
+        parts = [_ArrayDataset(*_as_arrays(p)) if _is_pair(p) else p for p in parts]
     elif cfg.transforms is None:
-        parts = [_as_arrays(p, f"dataset {spec!r}") for p in parts]
+        parts = [_as_arrays(p) for p in parts]
     else:
         raise NasError(
             f"data.transforms applies to Datasets (streamed); dataset {spec!r} returns arrays: "
