@@ -108,7 +108,7 @@ def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path,
     int8 = int8_onnx(
         plain, compression, Context(splits.input_shape, splits.train.head(CALIBRATION_EXAMPLES).x)
     )
-    # conv/Linear + BN folded here, checked on test inputs (<= 1e-5) before the export
+    # conv/Linear + BN folded here, checked on test inputs (to 1e-4 of the largest output)
     fused, fusion = fuse_verified(plain, splits.test.head(256).x)
     onnx_utils.to_onnx(fused, splits.input_shape, folder / "model.onnx")
     if int8 is None:

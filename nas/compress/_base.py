@@ -228,10 +228,11 @@ class Technique:
     def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
         """Why this technique cannot apply to ``model`` (``None`` when it can).
 
-        By default: ``no_eligible_layer`` when ``eligible`` finds no layer to act on.
+        By default: ``no_eligible_layer`` when ``eligible`` finds no layer to act on, after the
+        model's class name. One line, naming the layer or the model it cannot handle.
         """
         if self.no_eligible_layer is not None and not self.eligible(model, input_shape):
-            return self.no_eligible_layer
+            return f"{type(model).__name__}: {self.no_eligible_layer}"
         return None
 
     def sample(

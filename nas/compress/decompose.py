@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from nas.compress._base import Context, Technique, rank_knob, round_to_knob
-from nas.compress.decompose_ops import decompose, eligible_convs
+from nas.compress.decompose_ops import decompose, eligible_convs, ineligible
 
 
 class _Decomposition(Technique):
@@ -25,11 +25,18 @@ class _Decomposition(Technique):
         rank_knob("ratio of each conv's channels kept in the decomposition"),
         round_to_knob("ranks"),
     )
-    no_eligible_layer = "no conv (k x k, ungrouped) that a decomposition would make cheaper"
+    no_eligible_layer = (
+        "no conv (k x k, ungrouped, 4+ input channels) that a decomposition would make cheaper"
+    )
     per_layer_knob = "rank"
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
         return eligible_convs(model, input_shape, self.method)
+
+    def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+        if self.eligible(model, input_shape):
+            return None
+        return f"{self.no_eligible_layer}: {ineligible(model)}"
 
     def _run(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context, fit: bool):
         rank, round_to = knobs["rank"], int(knobs.get("round_to", 1))

@@ -49,8 +49,10 @@ class FilterPruning(Technique):
         would be kept, so the model would still be right, but the user should know)."""
         unknown = unsupported_ops(model)
         if unknown:
+            # a layer, when one is among them, says more than an anonymous op such as getitem
+            first = next((u for u in unknown if u.startswith("module ")), unknown[0])
             return (
-                f"filter pruning cannot follow channels through {unknown[0]}"
+                f"filter pruning cannot follow channels through {first}"
                 + (f" (and {len(unknown) - 1} more op(s))" if len(unknown) > 1 else "")
                 + "; write the model with standard layers (nn.Conv2d, nn.BatchNorm2d, ReLU-like "
                 "activations, pooling, +, *) or drop filter_pruning for this space"

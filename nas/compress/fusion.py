@@ -16,7 +16,10 @@ original classes and module names; each folded BatchNorm becomes ``nn.Identity``
 names (and the layer names quantization maps bits to) do not change.
 
 The export folds every model this way and checks it (:func:`fuse_verified`): the folded model's
-outputs on real inputs must equal the original's within 1e-5, or nothing is exported. A ReLU after
+outputs on real inputs must equal the original's within 1e-5, or 1e-4 of the largest output
+magnitude where that is more (float32 rounding of ~50 folded layers: a MobileNetV2 whose BatchNorm
+statistics come from a few images differs by 1.2e-5 at outputs up to 0.87; a folding bug shows
+as an error the size of an activation), or nothing is exported. A ReLU after
 a folded conv is fused by onnxruntime's graph optimizer (``FusedConv``) when the model is loaded.
 """
 
@@ -28,9 +31,10 @@ import itertools
 import torch
 from torch import fx, nn
 
-__all__ = ["FUSION_ATOL", "fold_bn", "foldable_pairs", "fuse_verified"]
+__all__ = ["FUSION_ATOL", "FUSION_RTOL", "fold_bn", "foldable_pairs", "fuse_verified"]
 
 FUSION_ATOL = 1e-5
+FUSION_RTOL = 1e-4  # of the largest output magnitude, where that allows more than FUSION_ATOL
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # not ConvTranspose: its weight is (in, out, ...)
 _PRODUCERS = (*_CONVS, nn.Linear)
@@ -54,24 +58,29 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 
 def fuse_verified(
-    model: nn.Module, x: torch.Tensor, atol: float = FUSION_ATOL
+    model: nn.Module, x: torch.Tensor, atol: float = FUSION_ATOL, rtol: float = FUSION_RTOL
 ) -> tuple[nn.Module, dict[str, float]]:
     """``fold_bn(model)`` checked on the inputs ``x``: (folded model, {pairs, max_abs_diff}).
 
-    ``RuntimeError`` when an output differs by more than ``atol`` (the model is not exported).
+    ``RuntimeError`` when an output differs by more than ``max(atol, rtol * max |output|)`` (the
+    model is not exported).
     """
     folded = fold_bn(model)
     pairs = len(foldable_pairs(model)) if any(_is_norm(m) for m in model.modules()) else 0
     was = model.training
     model.eval()
+    diff, tol = 0.0, atol
     try:
-        with torch.no_grad():
-            diff = float((folded(x) - model(x)).abs().max()) if pairs else 0.0
+        if pairs:
+            with torch.no_grad():
+                want = model(x)
+                diff = float((folded(x) - want).abs().max())
+            tol = max(atol, rtol * float(want.abs().max()))
     finally:
         model.train(was)
-    if not diff <= atol:
+    if not diff <= tol:
         raise RuntimeError(
-            f"layer fusion changed the model's outputs by up to {diff:.2e} (> {atol:g}); "
+            f"layer fusion changed the model's outputs by up to {diff:.2e} (> {tol:.2g}); "
             "not exported. This is a bug in BatchNorm folding, please report it with the model"
         )
     return folded, {"folded_pairs": float(pairs), "max_abs_diff": diff}

@@ -1,11 +1,16 @@
 """Attention-head and transformer-MLP pruning: whole heads and hidden neurons removed physically.
 
-An attention layer is any module with Linear ``q``, ``k``, ``v`` (``dim -> heads * head_dim``) and
-``proj`` (``heads * head_dim -> dim``) and ints ``num_heads``, ``head_dim``
-(``search_spaces/vit.py`` ``Attention``). Removing head ``h`` removes its ``head_dim`` rows of
-``q``, ``k``, ``v`` (weights and biases) and the matching columns of ``proj``; ``num_heads``
-shrinks. A transformer MLP is any module with Linear ``fc1`` (``dim -> hidden``) and ``fc2``
-(``hidden -> dim``); removing a neuron removes its row of ``fc1`` and column of ``fc2``.
+An attention layer is any module with ints ``num_heads``, ``head_dim`` and Linear ``proj``
+(``heads * head_dim -> dim``), and either separate Linear ``q``, ``k``, ``v``
+(``dim -> heads * head_dim``; ``search_spaces/vit.py`` ``Attention``) or one fused Linear ``qkv``
+(``dim -> 3 * heads * head_dim``, rows laid out ``[q | k | v]``, each ``[head 0 | head 1 | ...]``)
+with an int ``attn_dim = heads * head_dim`` that its forward reshapes to (timm's ``Attention``).
+Removing head ``h`` removes its ``head_dim`` rows of ``q``, ``k``, ``v`` (of each third of
+``qkv``; weights and biases) and the matching columns of ``proj``; ``num_heads`` (and
+``attn_dim``) shrink. A transformer MLP is any module with Linear ``fc1`` (``dim -> hidden``) and
+``fc2`` (``hidden -> dim``); removing a neuron removes its row of ``fc1`` and column of ``fc2``.
+A module with a norm or gate over the heads' or neurons' width (timm's ``scale_norm``, ``gated``)
+is not one of these: :func:`unsupported_layers` names it, and the technique refuses the model.
 
 Importance (per layer; the lowest go): ``l1``, the L1 norm of the weights removed with the head or
 neuron; ``taylor``, ``(sum w * dL/dw)^2`` over those weights, accumulated over batches of training
@@ -25,14 +30,43 @@ from nas.compress._batches import over_batches
 
 CRITERIA = ("l1", "taylor")
 
-__all__ = ["CRITERIA", "attention_layers", "mlp_layers", "prune_heads"]
+__all__ = ["CRITERIA", "attention_layers", "mlp_layers", "prune_heads", "unsupported_layers"]
+
+
+def _is_linear(m: object) -> bool:
+    return isinstance(m, nn.Linear)
+
+
+def _no_module(m: nn.Module, name: str) -> bool:
+    """``m.name`` is absent, None or an identity (nothing acts on the heads' / neurons' width)."""
+    sub = getattr(m, name, None)
+    return sub is None or isinstance(sub, nn.Identity)
+
+
+def _heads(m: nn.Module) -> tuple[int, int] | None:
+    heads, dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    if isinstance(heads, int) and isinstance(dim, int) and _is_linear(getattr(m, "proj", None)):
+        return heads, dim
+    return None
+
+
+def _is_fused(m: nn.Module) -> bool:
+    """One ``qkv`` Linear (timm): its forward reshapes to ``attn_dim``, which we can shrink."""
+    shape, qkv = _heads(m), getattr(m, "qkv", None)
+    return (
+        shape is not None
+        and _is_linear(qkv)
+        and getattr(m, "attn_dim", None) == shape[0] * shape[1]
+        and qkv.out_features == 3 * shape[0] * shape[1]
+        and m.proj.in_features == shape[0] * shape[1]
+        and _no_module(m, "norm")
+        and _no_module(m, "gate")
+    )
 
 
 def _is_attention(m: nn.Module) -> bool:
-    return all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q", "k", "v", "proj")) and (
-        isinstance(getattr(m, "num_heads", None), int)
-        and isinstance(getattr(m, "head_dim", None), int)
-    )
+    separate = all(_is_linear(getattr(m, n, None)) for n in ("q", "k", "v"))
+    return _heads(m) is not None and (separate or _is_fused(m))
 
 
 def _is_mlp(m: nn.Module) -> bool:
@@ -41,6 +75,7 @@ def _is_mlp(m: nn.Module) -> bool:
         isinstance(fc1, nn.Linear)
         and isinstance(fc2, nn.Linear)
         and fc1.out_features == fc2.in_features
+        and _no_module(m, "norm")
     )
 
 
@@ -52,31 +87,50 @@ def mlp_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if _is_mlp(m)]
 
 
-def _head_parts(attn: nn.Module) -> Iterator[tuple[torch.Tensor, int]]:
-    """(tensor, dim along which heads are laid out) of every parameter a head owns."""
-    for name in ("q", "k", "v"):
-        lin = getattr(attn, name)
-        yield lin.weight, 0
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Attention layers and MLPs whose heads / neurons cannot be removed, described, e.g.
+    ``"blocks.0.attn (MultiheadAttention)"``: a module with an int ``num_heads`` that is no
+    attention layer above, or with ``fc1``/``fc2`` and a norm between them."""
+    out = []
+    for n, m in model.named_modules():
+        attn = isinstance(getattr(m, "num_heads", None), int) and not _is_attention(m)
+        mlp = _is_linear(getattr(m, "fc1", None)) and _is_linear(getattr(m, "fc2", None))
+        if attn or (mlp and not _is_mlp(m) and not _is_attention(m)):
+            out.append(f"{n or 'the model'} ({type(m).__name__})")
+    return out
+
+
+# (tensor, dim along which the units are laid out, blocks): a tensor's axis holds ``blocks``
+# consecutive copies of the units' layout (3 for a fused qkv: q, k and v, each head by head)
+_Part = tuple[torch.Tensor, int, int]
+
+
+def _head_parts(attn: nn.Module) -> Iterator[_Part]:
+    """Every parameter a head owns."""
+    lins = [(attn.qkv, 3)] if _is_fused(attn) else [(getattr(attn, n), 1) for n in "qkv"]
+    for lin, blocks in lins:
+        yield lin.weight, 0, blocks
         if lin.bias is not None:
-            yield lin.bias, 0
-    yield attn.proj.weight, 1
+            yield lin.bias, 0, blocks
+    yield attn.proj.weight, 1, 1
 
 
-def _neuron_parts(mlp: nn.Module) -> Iterator[tuple[torch.Tensor, int]]:
-    yield mlp.fc1.weight, 0
+def _neuron_parts(mlp: nn.Module) -> Iterator[_Part]:
+    yield mlp.fc1.weight, 0, 1
     if mlp.fc1.bias is not None:
-        yield mlp.fc1.bias, 0
-    yield mlp.fc2.weight, 1
+        yield mlp.fc1.bias, 0, 1
+    yield mlp.fc2.weight, 1, 1
 
 
-def _per_unit(t: torch.Tensor, dim: int, units: int) -> torch.Tensor:
-    """Sum of ``t`` per unit (a unit is ``size / units`` consecutive entries along ``dim``)."""
+def _per_unit(t: torch.Tensor, dim: int, units: int, blocks: int = 1) -> torch.Tensor:
+    """Sum of ``t`` per unit (a unit is ``size / (blocks * units)`` consecutive entries along
+    ``dim`` in each of the ``blocks`` consecutive blocks)."""
     t = t.detach().float().movedim(dim, 0)
-    return t.reshape(units, -1).sum(1)
+    return t.reshape(blocks, units, -1).sum((0, 2))
 
 
-def _l1(parts: Iterator[tuple[torch.Tensor, int]], units: int) -> torch.Tensor:
-    return sum(_per_unit(t.abs(), d, units) for t, d in parts)  # type: ignore[return-value]
+def _l1(parts: Iterator[_Part], units: int) -> torch.Tensor:
+    return sum(_per_unit(t.abs(), d, units, b) for t, d, b in parts)  # type: ignore[return-value]
 
 
 def _taylor(
@@ -93,7 +147,9 @@ def _taylor(
         ):
             for n, m in layers.items():
                 s = sum(
-                    _per_unit(t * t.grad, d, units(m)) for t, d in parts(m) if t.grad is not None
+                    _per_unit(t * t.grad, d, units(m), b)
+                    for t, d, b in parts(m)
+                    if t.grad is not None
                 )
                 key = f"{kind}:{n}"
                 acc[key] = acc.get(key, 0) + torch.as_tensor(s).pow(2)
@@ -155,8 +211,13 @@ def prune_heads(
         s = taylor.get(f"heads:{n}")
         keep = _keep(s if s is not None else _l1(_head_parts(m), m.num_heads), heads)
         rows = torch.cat([torch.arange(h * m.head_dim, (h + 1) * m.head_dim) for h in keep])
-        for lin in (m.q, m.k, m.v):
-            _slice(lin, rows, 0)
+        if _is_fused(m):  # the kept heads' rows of each of q, k and v
+            width = m.num_heads * m.head_dim
+            _slice(m.qkv, torch.cat([rows + i * width for i in range(3)]), 0)
+            m.attn_dim = len(rows)
+        else:
+            for lin in (m.q, m.k, m.v):
+                _slice(lin, rows, 0)
         _slice(m.proj, rows, 1)
         m.num_heads = len(keep)
     for n in mlp_layers(new):

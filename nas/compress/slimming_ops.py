@@ -5,7 +5,8 @@ tensor that carries channels in dim 1 belongs to a *channel group*; tensors whos
 must be the same channel share a group:
 
 - a conv (``groups=1``) or a Linear consumes its input's group and starts a new group;
-- BatchNorm, element-wise activations, dropout and pooling keep their input's group;
+- BatchNorm, element-wise activations, dropout, stochastic depth and pooling keep their input's
+  group;
 - a depthwise conv (``groups == in_channels == out_channels``) keeps it too: its filters, its
   ``groups`` and the BN after it are tied to the channels that feed it (a MobileNet expand conv);
 - tensors combined element-wise (``x + block(x)``, ``x * gate``, sub, div) are unioned into one
@@ -157,6 +158,9 @@ _UNARY_FUNCS = {
     torch.clip,
     F.dropout,
 }
+# functions by (module prefix, name) that scale each sample by one number, channels kept (imported
+# by name: torchvision's stochastic depth in EfficientNet / ConvNeXt blocks, traced as a call)
+_PER_SAMPLE_FUNCS = {("torchvision.ops", "stochastic_depth")}
 _POOL_FUNCS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 _UNARY_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_", "clip", "contiguous"}
 _ADAPTIVE_FUNCS = {
@@ -546,7 +550,7 @@ class _Walker:
         target = node.target
         if target in _POOL_FUNCS:
             self.same(node, first, pooled=False)
-        elif target in _UNARY_FUNCS:
+        elif target in _UNARY_FUNCS or _per_sample(target):
             self.same(node, first)
         elif target in _ADAPTIVE_FUNCS:
             self.same(node, first, pooled=_all_ones(_arg(node, 1, "output_size", None)))
@@ -598,6 +602,11 @@ class _Walker:
             self.opaque(node)
             return
         self.same(node, src, rank=rank if keepdim else 2, pooled=keepdim)
+
+
+def _per_sample(target: object) -> bool:
+    module, name = getattr(target, "__module__", None) or "", getattr(target, "__name__", None)
+    return any(module.startswith(m) and name == n for m, n in _PER_SAMPLE_FUNCS)
 
 
 def _describe(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> str:
