@@ -1,4 +1,4 @@
-"""Structural pruning: our torch.fx channel analysis (``slim``) against Torch-Pruning's DepGraph.
+"""Structural pruning: nas's pruners (on Torch-Pruning's DepGraph) against Torch-Pruning's own.
 
     python benchmarks/pruning_compare.py [--ratios 0.3 0.5] [--models resnet18 vit_tiny]
                                          [--rounds 15]
@@ -9,8 +9,10 @@ conv, and timm ``vit_tiny_patch16_224`` built with ``img_size=32, patch_size=4``
 gammas / betas are drawn at random and the running statistics set by a few training-mode passes
 on random data, so magnitude criteria have no ties. Each network is pruned at each ratio by
 
-- ``slim``: ``nas.compress.slimming_ops.slim(model, ratio, (3, 32, 32), round_to=8)``, one global
-  |gamma| threshold over the channel groups its torch.fx walk finds slimmable;
+- ``slim``: ``nas.compress.slimming_ops.slim(model, ratio, (3, 32, 32), round_to=8)`` (technique
+  ``slimming``), one global |gamma| threshold over the slimmable channel groups;
+- ``filter_pruning``: ``nas.compress.filter_pruning_ops.prune_filters(..., criterion="l1",
+  round_to=8)`` (technique ``filter_pruning``), one global L1 ranking over the prunable groups;
 - ``torch-pruning``: ``tp.pruner.MagnitudePruner`` (DepGraph, ``MagnitudeImportance`` = L2 group
   norm, ``pruning_ratio`` per group, the classifier in ``ignored_layers``, ``round_to=8``); on the
   ViT with ``num_heads`` (every ``attn.qkv``), ``prune_num_heads=True``, ``prune_head_dims=False``
@@ -21,7 +23,9 @@ conv / Linear output channels in the groups it can shrink, fvcore multiply-adds,
 pruned model's ONNX export re-run by onnxruntime against torch (max abs difference), and
 onnxruntime latency (1 intra-op thread) at batch 64 and 1: each model's baseline and pruned
 versions timed interleaved, one visit each per round, the median over rounds.
-Writes benchmarks/results/pruning_compare.json and pruning_compare.md.
+Writes benchmarks/results/pruning_compare.json and pruning_compare.md. The run that compared
+the hand-written torch.fx analysis nas had before (and decided to replace it by Torch-Pruning's
+dependency graph) is kept in pruning_compare_handwritten.md / .json.
 """
 
 from __future__ import annotations
@@ -45,18 +49,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas import onnx_utils  # noqa: E402
-from nas.compress.slimming_ops import (  # noqa: E402
-    prunable_groups,
-    slim,
-    slimming_groups,
-    unsupported_ops,
-)
+from nas.compress.channel_groups import analyse, unsupported_ops  # noqa: E402
+from nas.compress.filter_pruning_ops import prune_filters  # noqa: E402
+from nas.compress.slimming_ops import slim  # noqa: E402
 from objectives import count_flops, count_params  # noqa: E402
 
 SHAPE = (3, 32, 32)
 ROUND_TO = 8
 TOLERANCE = 1e-3
-_OUT_KINDS = ("conv_out", "depthwise", "linear_out")  # slimming_ops member kinds that own outputs
 
 
 # ----------------------------------------------------------------------------- models
@@ -143,46 +143,30 @@ def _conv_linear(model: nn.Module) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the two methods
 
 
-def slim_share(model: nn.Module) -> tuple[float, dict]:
-    """Share of conv / Linear output channels in groups ``slim`` can shrink: the output axes of
-    the producing convs, Linears and depthwise convs of every slimmable group (the groups
-    ``slimming_groups`` names), each layer counted once."""
+def _share(model: nn.Module, need_bn: bool) -> tuple[float, dict]:
+    """Share of conv / Linear output channels in the groups nas can shrink (``need_bn``: the
+    slimmable ones, holding a BatchNorm): every conv / Linear pruned on its output axis by one
+    of them, depthwise convs included, each layer once."""
     total = _conv_linear(model)
-    slimmable = {tuple(g) for g in slimming_groups(model)}
-    layers = {
-        m.name
-        for g in prunable_groups(model)
-        if tuple(g.bns) in slimmable
-        for m in g.members
-        if m.kind in _OUT_KINDS and m.offset is None
-    }
+    groups = [g for g in analyse(model, SHAPE).groups if g.bns or not need_bn]
+    layers = {n for g in groups for n in g.outputs}
     share = sum(total[n] for n in layers) / sum(total.values())
     return share, {
-        "groups": len(slimmable),
+        "groups": len(groups),
         "layers": len(layers),
         "of_layers": len(total),
         "layer_names": sorted(layers),
     }
 
 
-def filter_pruning_share(model: nn.Module) -> float | str:
-    """The same count for ``prunable_groups`` (filter pruning's analysis: no BN needed)."""
-    try:
-        total = _conv_linear(model)
-        layers = {
-            m.name
-            for g in prunable_groups(model)
-            for m in g.members
-            if m.kind in _OUT_KINDS and m.offset is None
-        }
-        return sum(total[n] for n in layers) / sum(total.values())
-    except ValueError as e:
-        return f"ValueError: {e}"
-
-
 def prune_slim(model: nn.Module, ratio: float, classifier: str) -> tuple[nn.Module, float, dict]:
-    share, info = slim_share(model)
+    share, info = _share(model, need_bn=True)
     return slim(model, ratio, SHAPE, round_to=ROUND_TO), share, info
+
+
+def prune_l1(model: nn.Module, ratio: float, classifier: str) -> tuple[nn.Module, float, dict]:
+    share, info = _share(model, need_bn=False)
+    return prune_filters(model, ratio, SHAPE, criterion="l1", round_to=ROUND_TO), share, info
 
 
 def _tp_share(pruner) -> tuple[float, dict]:
@@ -251,7 +235,7 @@ def prune_tp(model: nn.Module, ratio: float, classifier: str) -> tuple[nn.Module
     return model.eval(), share, info
 
 
-METHODS = {"slim": prune_slim, "torch-pruning": prune_tp}
+METHODS = {"slim": prune_slim, "filter_pruning": prune_l1, "torch-pruning": prune_tp}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -305,8 +289,7 @@ def run_model(name: str, ratios: list[float], rounds: int, b1_repeats: int) -> l
     base_model = build(name)
     classifier = MODELS[name][1]
     base = {"model": name, "method": "baseline", "ratio": 0.0, "ok": True, **static(base_model)}
-    base["nas_filter_pruning_share"] = filter_pruning_share(base_model)
-    base["slim_unsupported_ops"] = _unsupported(base_model)
+    base["unsupported_ops"] = _unsupported(base_model)
     rows = [base]
     for method, fn in METHODS.items():
         for ratio in ratios:
@@ -351,7 +334,7 @@ def run_model(name: str, ratios: list[float], rounds: int, b1_repeats: int) -> l
 
 def _unsupported(model: nn.Module) -> list[str] | str:
     try:
-        return unsupported_ops(model)
+        return unsupported_ops(model, SHAPE)
     except ValueError as e:
         return f"ValueError: {e}"
 
@@ -367,7 +350,7 @@ def _ops(found: list[str] | str) -> str:
     """``unsupported_ops``' answer in a few words: how many, of which kinds."""
     if isinstance(found, str) or not found:
         return found or "none"
-    return f"{len(found)} ({', '.join(sorted({s.split(' at ')[0] for s in found}))})"
+    return f"{len(found)} ({', '.join(found)})"
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -398,8 +381,8 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary(rows: list[dict]) -> tuple[list[str], str]:
-    """The 'what this says' bullets and the recommendation, numbers taken from the rows."""
+def summary(rows: list[dict]) -> list[str]:
+    """The 'what this says' bullets, numbers taken from the rows."""
     done = [r for r in rows if r["method"] != "baseline"]
     models = list(dict.fromkeys(r["model"] for r in rows))
 
@@ -413,14 +396,13 @@ def summary(rows: list[dict]) -> tuple[list[str], str]:
         vals = [v for v in vals if v is not None]
         return statistics.mean(vals) if vals else None
 
-    out, score = [], {}
+    out = []
     for method in METHODS:
         rs = ok(method)
         covered = [m for m in models if first(method, m)]
         refused = [m for m in models if m not in covered]
         fails = [r for r in rs if not r["onnx_verified"]]
         q = [r["latency_over_flops_reduction"] for r in rs]
-        score[method] = (len(covered), mean([first(method, m)["prunable_share"] for m in covered]))
         out.append(
             f"- **{method}** prunes {len(covered)}/{len(models)} models"
             + (f" (refuses {', '.join(refused)})" if refused else "")
@@ -440,37 +422,27 @@ def summary(rows: list[dict]) -> tuple[list[str], str]:
             + "."
         )
     for m in models:
-        a, b = first("slim", m), first("torch-pruning", m)
-        if a and b:
-            only = sorted(set(b["groups"]["layer_names"]) - set(a["groups"]["layer_names"]))
-            if only:
-                out.append(
-                    f"- {m}: {len(only)} conv / Linear layers only Torch-Pruning can shrink, "
-                    f"e.g. {', '.join(only[:4])}."
-                )
-    better = max(score, key=lambda k: (score[k][0], score[k][1] or 0.0))
-    other = next(k for k in score if k != better)
-    rs = ok(better)
-    fast = sum(1 for r in rs if (r["latency_over_flops_reduction"] or 0) >= 0.8)
-    bad = sum(1 for r in rs if not r["onnx_verified"])
-    out += [
-        "",
-        f"**Recommendation: keep {better}.** It prunes {score[better][0]} of the "
-        f"{len(models)} networks (mean prunable share {100 * (score[better][1] or 0):.0f}%) "
-        f"where {other} prunes {score[other][0]} (mean {100 * (score[other][1] or 0):.0f}%); "
-        f"{fast}/{len(rs)} of its rows reach latency cut / FLOPs cut >= 0.8 at batch 64 and "
-        + (f"{bad} of its exports fail verification." if bad else "all its exports verify."),
-    ]
-    return out, better
+        ours = {n for k in ("slim", "filter_pruning") for n in _layers(first(k, m))}
+        only = sorted(set(_layers(first("torch-pruning", m))) - ours)
+        if only:
+            out.append(
+                f"- {m}: {len(only)} conv / Linear layers only Torch-Pruning's pruner shrinks, "
+                f"e.g. {', '.join(only[:4])}."
+            )
+    return out
+
+
+def _layers(row: dict | None) -> list[str]:
+    return row["groups"]["layer_names"] if row else []
 
 
 def write(rows: list[dict], meta: dict, out: Path) -> None:
-    said, better = summary(rows)
-    meta["keep"] = better
+    said = summary(rows)
     (out / "pruning_compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     base = {r["model"]: r for r in rows if r["method"] == "baseline"}
     lines = [
-        f"# Structural pruning: slimming_ops vs Torch-Pruning ({meta['date']})",
+        f"# Structural pruning: nas on Torch-Pruning's DepGraph vs Torch-Pruning's pruner "
+        f"({meta['date']})",
         "",
         f"`{meta['command']}` ({meta['runtime_s']:.0f} s on {meta['machine']})",
         "",
@@ -487,25 +459,16 @@ def write(rows: list[dict], meta: dict, out: Path) -> None:
         )
         + ".",
         "",
-        "How the prunable share is counted (both: output channels of conv / Linear layers "
-        "whose output axis belongs to a group the method can shrink, each layer once, over the "
-        "output channels of all conv / Linear layers, classifier included): for `slim`, the "
-        "producing convs, Linears and depthwise convs of the groups `slimming_groups` returns "
-        "(BN required, nothing pinned); for Torch-Pruning, every conv / Linear pruned on its "
-        "output axis by a group `DG.get_all_groups(ignored_layers=[classifier])` yields. "
-        "For reference, the same count over `prunable_groups` (the analysis filter pruning "
-        "uses, no BN required): "
-        + ", ".join(
-            f"{m} "
-            + (
-                f"{100 * b['nas_filter_pruning_share']:.0f}%"
-                if isinstance(b["nas_filter_pruning_share"], float)
-                else str(b["nas_filter_pruning_share"])[:80]
-            )
-            for m, b in base.items()
-        )
-        + ". Ops slimming_ops does not recognise (it keeps their channels): "
-        + "; ".join(f"{m}: {_ops(b['slim_unsupported_ops'])}" for m, b in base.items())
+        "How the prunable share is counted (all methods: output channels of conv / Linear "
+        "layers whose output axis belongs to a group the method can shrink, each layer once, "
+        "over the output channels of all conv / Linear layers, classifier included): for `slim`, "
+        "every conv / Linear (depthwise included) pruned on its output axis by a group "
+        "`nas.compress.channel_groups.analyse` finds prunable and holding a BatchNorm; for "
+        "`filter_pruning`, by any prunable group; for Torch-Pruning, by a group "
+        "`DG.get_all_groups(ignored_layers=[classifier])` yields. Ops outside the ones "
+        "`channel_groups` knows to keep channels in place (it keeps the channels of the groups "
+        "they touch): "
+        + "; ".join(f"{m}: {_ops(b['unsupported_ops'])}" for m, b in base.items())
         + ".",
         "",
         "## What this says",
@@ -513,7 +476,6 @@ def write(rows: list[dict], meta: dict, out: Path) -> None:
         *said,
         "",
         *NOTES,
-        *(REPLACING if better == "torch-pruning" else []),
     ]
     (out / "pruning_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -551,58 +513,26 @@ def main() -> None:
 
 
 NOTES = [
-    "Reading the table: random weights, no training, so this compares what each analysis can "
+    "Reading the table: random weights, no training, so this compares what each method can "
     "prune, the cost it removes and the exports, not accuracy. The same nominal ratio is not "
-    "the same cut. Torch-Pruning removes "
-    "`ratio` of every group (kept counts rounded *down* to 8), so each layer loses inputs and "
-    "outputs and FLOPs fall to about (1 - ratio)^2; `slim` removes `ratio` of all slimmable "
-    "channels below one global |gamma| threshold (kept counts rounded *up* to 8), so it cuts "
-    "fewer FLOPs at the same ratio. Compare the methods by what they can reach (prunable share, "
-    "models pruned), by whether latency follows FLOPs (the lat-cut / FLOPs-cut column) and by "
-    "export correctness, not by FLOPs at equal ratio. On efficientnet_b0 `slim` keeps every "
-    "residual stage's width: torchvision's `stochastic_depth` call is an op its walk does not "
-    "recognise, which pins the residual groups (the 14 project convs of the repeated stages), "
-    "and the squeeze-excite reduce convs have no BatchNorm (the 16 `fc1` convs). On the ViT it "
-    "refuses for want of BatchNorm, and even the BN-free `prunable_groups` (filter pruning) "
-    "finds nothing: the torch.fx walk pins Linear layers on (B, N, C) tensors, reshape and "
-    "unbind. The project's own head pruning (`head_pruning_ops`) expects separate q / k / v "
-    "Linears (our `vit` space), not timm's fused `qkv`. Torch-Pruning prunes the timm ViT's "
-    "heads (3 -> 2 at 0.3, 3 -> 1 at 0.5), MLP hidden width and embedding width; its "
-    "`Attention` needs `num_heads`, `head_dim` and `attn_dim` set from the pruned `qkv` "
-    "afterwards (done here), and the exports verify.",
+    "the same cut. Torch-Pruning's pruner removes `ratio` of every group (kept counts rounded "
+    "*down* to 8), so each layer loses inputs and outputs and FLOPs fall to about "
+    "(1 - ratio)^2; nas's `slim` and `filter_pruning` remove `ratio` of all channels by one "
+    "global ranking (|gamma| or L1; kept counts rounded *up* to 8), so they cut fewer FLOPs at "
+    "the same ratio and more where the scores are low. All three read the channel groups from "
+    "the same Torch-Pruning `DependencyGraph`; nas pins (keeps) what it cannot prove safe: the "
+    "timm ViT's fused `qkv` (an unbind; heads are the `head_pruning` technique's, which handles "
+    "timm's fused `qkv`) and the groups an op outside its known channel-preserving ones touches "
+    "(here the ViT's attention matmuls and softmax, inside the pinned `qkv` groups). "
+    "Torch-Pruning's "
+    "pruner, given `num_heads`, also prunes the heads and resets `num_heads` / `head_dim` "
+    "afterwards (done here). `slim` refuses the ViT for want of BatchNorm.",
     "",
-]
-REPLACING = [
-    "## What replacing the hand-written analysis involves",
+    "Before this run nas had its own torch.fx channel analysis; "
+    "`pruning_compare_handwritten.md` is the run that measured it against Torch-Pruning "
+    "(it pruned 3 of the 4 networks, 94% of efficientnet_b0's channels, none of the ViT's) and "
+    "led to replacing it with the dependency graph (`nas/compress/channel_groups.py`).",
     "",
-    "Users of `nas/compress/slimming_ops.py` (grep): `nas/compress/slimming.py` (technique "
-    "`slimming`: `slimmable_bns` for `eligible`, `bn_l1_penalty` as the training loss hook, "
-    "`slim` in `apply` / `estimate` with a global ratio, `per_layer`, `round_to` and "
-    "`by_position` for supernet sub-networks via `ctx.leading_channels`); "
-    "`nas/compress/filter_pruning_ops.py` (technique `filter_pruning`: `prunable_groups` and "
-    "their `producers` for `prunable_layers` and `channel_scores` (l1 / l2 / fpgm / taylor / "
-    "energy), `select_channels` for the global or per-layer keep with `min_channels`, "
-    "`round_to` and grouped-conv balance, `cut` for the surgery and the output-shape check); "
-    "`nas/compress/filter_pruning.py` (`unsupported_ops` in `not_applicable`); "
-    "`benchmarks/supernet.py` (`slim(..., by_position=...)`); tests in "
-    "`tests/compress/test_slimming_ops.py`, `tests/compress/test_filter_pruning_ops.py` and "
-    "`tests/supernet/test_search.py`.",
-    "",
-    "The swap: build `tp.DependencyGraph().build_dependency(model, example_inputs)` once per "
-    "model (autograd trace, grad enabled) and take `DG.get_all_groups(ignored_layers=[output "
-    "layer])` where `prunable_groups` is used; the slimmable BNs (`slimmable_bns`, "
-    "`bn_l1_penalty`, cached per model as now) are the BatchNorms in those groups; keep our "
-    "scores and `select_channels` (they work on per-group score lists; `by_position` is a "
-    "position score, or a small custom `tp.importance.Importance`), and replace `cut` by "
-    "`DG.get_pruning_group(root, root_pruner.prune_out_channels, removed).prune()` on a "
-    "deepcopy (Torch-Pruning edits in place; our techniques return a new model), keeping the "
-    "output-shape check. Decide the rounding (ours rounds kept channels up, Torch-Pruning's "
-    "`round_to` down); `unsupported_ops` has no counterpart (Torch-Pruning has no 'unknown "
-    "op' notion), so `not_applicable` would report a failed graph build instead; timm "
-    "attention needs its head attributes reset after pruning. What goes: the torch.fx walk, "
-    "union-find, concat resolution and slicing of `slimming_ops.py` (most of its 1,062 lines, "
-    "the file STYLE.md names to grow out of), as DESIGN.md's rule asks when a library does it "
-    "better.",
 ]
 
 

@@ -282,7 +282,7 @@ class ExperimentProblem:
         model, cfg, ctx = candidate.model, self.exp.train, self.context()
         plan = [s for s in candidate.plan if not s.technique.training_only]
         criterion = self._criterion(candidate, trial, ctx)
-        hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs)]
+        hooks = [h for step in plan for h in step.technique.loss_hooks(step.knobs, ctx)]
         rungs = self._rung_reports(model, report) if report is not None else None
         hooks_each_step = [h for s in plan for h in s.technique.step_hooks(s.knobs, model, ctx)]
         if rungs is not None:

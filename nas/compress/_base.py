@@ -258,7 +258,7 @@ class Technique:
                 knobs[k.name] = _suggest(trial, f"{self.name}.{k.name}", k, rng)
         return knobs
 
-    def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
+    def loss_hooks(self, knobs: Mapping[str, Any], ctx: Context) -> list[LossHook]:
         """Regularisers added to the training loss (e.g. slimming's BN-gamma L1)."""
         return []
 

@@ -2,8 +2,8 @@
 
 Knobs: ``ratio`` (fraction of the prunable channels removed: one global ranking, or per layer with
 ``per_layer: true``) and ``criterion`` (``l1``, ``l2``, ``fpgm``, ``taylor``; a list searches
-them). Channels tied through residual adds, BatchNorm, depthwise convs and squeeze-excite are
-removed together (dependency groups from the traced graph); see
+them). Channels tied through residual adds, BatchNorm, depthwise convs, concats and
+squeeze-excite are removed together (Torch-Pruning's dependency graph); see
 :mod:`nas.compress.filter_pruning_ops`. Applied after training, then fine-tuned.
 Exports: the physically smaller model (fewer filters, channels and neurons).
 """
@@ -23,8 +23,13 @@ from nas.compress._base import (
     fraction_knob,
     round_to_knob,
 )
-from nas.compress.filter_pruning_ops import CRITERIA, prunable_layers, prune_filters
-from nas.compress.slimming_ops import unsupported_ops
+from nas.compress.channel_groups import analyse
+from nas.compress.filter_pruning_ops import (
+    CRITERIA,
+    no_prunable_channels,
+    prunable_layers,
+    prune_filters,
+)
 
 
 class FilterPruning(Technique):
@@ -42,22 +47,13 @@ class FilterPruning(Technique):
     exports = "the physically smaller model (fewer filters / neurons)"
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-        return prunable_layers(model)
+        return prunable_layers(model, input_shape)
 
     def not_applicable(self, model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
-        """An op the dependency analysis does not recognise skips the candidate (its channels
-        would be kept, so the model would still be right, but the user should know)."""
-        unknown = unsupported_ops(model)
-        if unknown:
-            # a layer, when one is among them, says more than an anonymous op such as getitem
-            first = next((u for u in unknown if u.startswith("module ")), unknown[0])
-            return (
-                f"filter pruning cannot follow channels through {first}"
-                + (f" (and {len(unknown) - 1} more op(s))" if len(unknown) > 1 else "")
-                + "; write the model with standard layers (nn.Conv2d, nn.BatchNorm2d, ReLU-like "
-                "activations, pooling, +, *) or drop filter_pruning for this space"
-            )
-        return super().not_applicable(model, input_shape)
+        """The candidate is skipped when no channel can be pruned, naming what ties them (an
+        unknown op only keeps the channels it touches: the rest are still pruned)."""
+        analysis = analyse(model, input_shape)
+        return None if analysis.groups else no_prunable_channels(analysis)
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         ratio = knobs["ratio"]

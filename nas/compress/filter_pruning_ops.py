@@ -1,11 +1,13 @@
 """Structured (filter) pruning: remove whole filters / neurons ranked by an importance criterion.
 
-The channels that must go together come from the same ``torch.fx`` dependency analysis as network
-slimming (:mod:`nas.compress.slimming_ops`), without its BatchNorm requirement: a conv's filters
-are removed with the matching BN entries, the depthwise filters they feed, the input channels of
-every layer that reads them and, across a residual add or a squeeze-excite product, with every
-other layer tied to the same channels. What the analysis does not understand (concat, grouped
-non-depthwise convs, reshapes, the model's input and output) is *kept*, never pruned wrongly.
+The channels that must go together come from Torch-Pruning's dependency graph
+(:mod:`nas.compress.channel_groups`, shared with network slimming): a conv's filters are removed
+with the matching BN entries, the depthwise filters they feed, the input channels of every layer
+that reads them (through concats and flattens at their offsets) and, across a residual add or a
+squeeze-excite product, with every other layer tied to the same channels. On a ViT that is the
+MLP hidden width and the embedding width (the attention heads are ``head_pruning``'s). What the
+analysis does not understand (an unknown op, the model's input and output) is *kept*, never
+pruned wrongly.
 
 Criteria (score of one output channel ``c`` of a producing layer with weight ``W``):
 
@@ -32,16 +34,16 @@ import torch
 from torch import nn
 
 from nas.compress._batches import over_batches
-from nas.compress.slimming_ops import cut, prunable_groups, select_channels
+from nas.compress.channel_groups import Analysis, Group, analyse, pruned_copy, select_channels
 
 CRITERIA = ("l1", "l2", "fpgm", "taylor", "energy")
 
-__all__ = ["CRITERIA", "channel_scores", "prunable_layers", "prune_filters"]
+__all__ = ["CRITERIA", "channel_scores", "no_prunable_channels", "prunable_layers", "prune_filters"]
 
 
-def prunable_layers(model: nn.Module) -> list[str]:
+def prunable_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """One name per prunable channel group: its first producing conv / Linear (graph order)."""
-    return [g.producers[0] for g in prunable_groups(model)]
+    return [g.producers[0] for g in analyse(model, input_shape).groups]
 
 
 def _flat(w: torch.Tensor) -> torch.Tensor:
@@ -83,15 +85,24 @@ def taylor_terms(
 def channel_scores(
     model: nn.Module,
     criterion: str,
+    input_shape: tuple[int, ...],
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    input_shape: tuple[int, ...] | None = None,
 ) -> list[list[float]]:
-    """Per prunable group (``prunable_groups`` order): a score per channel; low goes first."""
+    """Per prunable group (``prunable_layers`` order): a score per channel; low goes first."""
+    return _scores(analyse(model, input_shape), criterion, input_shape, data)
+
+
+def _scores(
+    analysis: Analysis,
+    criterion: str,
+    input_shape: tuple[int, ...],
+    data: tuple[torch.Tensor, torch.Tensor] | None,
+) -> list[list[float]]:
     if criterion not in CRITERIA:
         raise ValueError(
             f"filter pruning: unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}"
         )
-    groups = prunable_groups(model)
+    model, groups = analysis.model, analysis.groups
     grads: dict[str, torch.Tensor] = {}
     if criterion == "taylor":
         if data is None or len(data[0]) == 0:
@@ -102,8 +113,6 @@ def channel_scores(
         grads = taylor_terms(model, [n for g in groups for n in g.producers], data)
     share = [1.0] * len(groups)
     if criterion == "energy":
-        if input_shape is None:
-            raise ValueError("filter pruning: the energy criterion needs the input shape")
         from objectives.energy_uj import layer_energy
 
         energy = {
@@ -115,16 +124,18 @@ def channel_scores(
         share = [max(e / mean, 1e-6) for e in per_group]
     out = []
     for g, s in zip(groups, share, strict=True):
-        per = [
-            _layer_scores(
-                model.get_submodule(n).weight,
-                "l1" if criterion == "energy" else criterion,
-                grads.get(n),
-            )
-            for n in g.producers
-        ]
+        per = [_producer_scores(model, g, n, criterion, grads.get(n)) for n in g.producers]
         out.append((torch.stack(per).mean(0) / s).tolist())
     return out
+
+
+def _producer_scores(
+    model: nn.Module, g: Group, name: str, criterion: str, grad: torch.Tensor | None
+) -> torch.Tensor:
+    """One producer's score of each group channel (its filter for that channel)."""
+    w = model.get_submodule(name).weight
+    s = _layer_scores(w, "l1" if criterion == "energy" else criterion, grad)
+    return s[torch.tensor(g.index[name])]
 
 
 def prune_filters(
@@ -150,22 +161,33 @@ def prune_filters(
 
     ``ValueError`` when nothing can be pruned, or for arguments out of range.
     """
-    groups = prunable_groups(model)
-    if not groups:
-        raise ValueError(
-            f"filter pruning: {type(model).__name__} has no prunable channels (every conv / "
-            "Linear output is tied to the model's output, a concat, a reshape or another op "
-            "whose channels cannot shrink)"
+
+    def choose(analysis: Analysis) -> list[list[int]]:
+        groups = analysis.groups
+        if not groups:
+            raise ValueError(no_prunable_channels(analysis))
+        return select_channels(
+            groups,
+            _scores(analysis, criterion, input_shape, data),
+            ratio=ratio,
+            per_layer=per_layer,
+            names=[g.producers for g in groups],
+            min_channels=min_channels,
+            round_to=round_to,
+            who="filter pruning",
         )
-    scores = channel_scores(model, criterion, data, input_shape)
-    keep = select_channels(
-        groups,
-        scores,
-        ratio=ratio,
-        per_layer=per_layer,
-        names=[g.producers for g in groups],
-        min_channels=min_channels,
-        round_to=round_to,
-        who="filter pruning",
+
+    return pruned_copy(model, input_shape, choose)
+
+
+def no_prunable_channels(analysis: Analysis) -> str:
+    """One line: why no channel of the analysed model can be pruned."""
+    reasons = [g.pinned_by for g in analysis.pinned if g.pinned_by]
+    # an op or a layer says more than the model output every network has
+    why = next((r for r in reasons if r != "the model's output"), reasons[0] if reasons else None)
+    return (
+        f"filter pruning: {type(analysis.model).__name__} has no prunable channels: every "
+        f"conv / Linear output is tied to {why or 'the model output'}; write the model with "
+        "standard layers (convs, norms, activations, pooling, +, *, concat) or drop "
+        "filter_pruning for this space"
     )
-    return cut(model, groups, keep, input_shape)

@@ -4,7 +4,8 @@ During training an L1 penalty (knob ``strength``) drives BatchNorm scaling facto
 after training the channels with the smallest |gamma| (knob ``ratio``: the fraction removed, by a
 global threshold, or per layer with ``per_layer: true``) are removed physically: the producing
 conv's filters, the BN entries and the consuming layers' input channels. Channels tied through a
-residual add, a depthwise conv or squeeze-excite are pruned together.
+residual add, a depthwise conv, a concat or squeeze-excite are pruned together (Torch-Pruning's
+dependency graph, :mod:`nas.compress.channel_groups`).
 On a supernet's sub-network (``search.mode: supernet``) no candidate is trained: the channels
 removed are the trailing ones, the supernet's importance order (every smaller sub-network trains
 the leading channels), and BatchNorm statistics are re-estimated afterwards.
@@ -46,11 +47,11 @@ class Slimming(Technique):
     exports = "the physically smaller model (fewer channels)"
 
     def eligible(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-        return slimmable_bns(model)
+        return slimmable_bns(model, input_shape)
 
-    def loss_hooks(self, knobs: Mapping[str, Any]) -> list[LossHook]:
-        strength = float(knobs["strength"])
-        return [lambda model: bn_l1_penalty(model, strength)] if strength > 0 else []
+    def loss_hooks(self, knobs: Mapping[str, Any], ctx: Context) -> list[LossHook]:
+        strength, shape = float(knobs["strength"]), ctx.input_shape
+        return [lambda model: bn_l1_penalty(model, strength, shape)] if strength > 0 else []
 
     def apply(self, model: nn.Module, knobs: Mapping[str, Any], ctx: Context) -> nn.Module:
         ratio, round_to = knobs["ratio"], int(knobs.get("round_to", 1))
@@ -70,7 +71,7 @@ class Slimming(Technique):
         per_layer = (
             ratio
             if isinstance(ratio, Mapping)
-            else dict.fromkeys(slimmable_bns(model), float(ratio))
+            else dict.fromkeys(slimmable_bns(model, ctx.input_shape), float(ratio))
         )
         return slim(
             copy.deepcopy(model),

@@ -111,7 +111,7 @@ class Unstructured(Technique):
             "data": _data(ctx),
         }
 
-    def loss_hooks(self, knobs: Mapping[str, Any]) -> list:
+    def loss_hooks(self, knobs: Mapping[str, Any], ctx: Context) -> list:
         strength = float(knobs.get("l1", 0.0))
         return [lambda model: l1_penalty(model, strength)] if strength > 0 else []
 

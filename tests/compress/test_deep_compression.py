@@ -263,14 +263,14 @@ def test_shared_weights_file_packs_indices_and_round_trips(tmp_path: Path) -> No
 
 
 def test_l1_knob_drives_weights_towards_zero() -> None:
-    from nas.compress import get
+    from nas.compress import Context, get
     from nas.config import TrainConfig
     from nas.data import Split
     from nas.train import train
 
-    tech = get("unstructured")
-    assert tech.loss_hooks({"l1": 0.0}) == []
-    (hook,) = tech.loss_hooks({"l1": 1e-4})
+    tech, ctx = get("unstructured"), Context((1, 28, 28))
+    assert tech.loss_hooks({"l1": 0.0}, ctx) == []
+    (hook,) = tech.loss_hooks({"l1": 1e-4}, ctx)
     model = _lenet()
     expected = 1e-4 * sum(float(model[i].weight.detach().abs().sum()) for i in (1, 3, 5))
     assert float(hook(model).detach()) == pytest.approx(expected, rel=1e-5)

@@ -73,7 +73,7 @@ def test_residual_stage_is_pruned_together() -> None:
     model = _mobilenet(se=False)
     out = prune_filters(model, 0.4, SHAPE)
     # stage 0's two blocks add to the stem: stem and both project convs lose the same channels
-    stem = out.get_submodule(prunable_layers(model)[0])
+    stem = out.get_submodule(prunable_layers(model, SHAPE)[0])
     widths = {out.get_submodule(f"blocks.{i}.project.0").out_channels for i in (0, 1)}
     assert widths == {stem.out_channels} and stem.out_channels < 16
     assert out.get_submodule("blocks.1.expand.0").in_channels == stem.out_channels
@@ -86,14 +86,14 @@ def test_l1_l2_remove_the_smallest_filters_fpgm_the_redundant_one() -> None:
         w[1] *= 0.01  # tiny filter: l1 / l2 remove it
         model.a.weight.copy_(w)
     for criterion in ("l1", "l2"):
-        s = channel_scores(model, criterion)[0]
+        s = channel_scores(model, criterion, SHAPE)[0]
         assert int(np.argmin(s)) == 1
     with torch.no_grad():  # three filters near each other, one far: fpgm keeps the far one
         base = torch.randn(1, 1, 3, 3)
         model.a.weight.copy_(
             torch.cat([base, base + 0.01, base - 0.01, 10 * torch.randn_like(base)])
         )
-    s = channel_scores(model, "fpgm")[0]
+    s = channel_scores(model, "fpgm", SHAPE)[0]
     assert int(np.argmax(s)) == 3 and int(np.argmin(s)) in (0, 1, 2)
 
 
@@ -104,7 +104,7 @@ def test_taylor_prunes_filters_the_loss_does_not_feel() -> None:
         model.b.weight[:, 2] = 0.0  # channel 2 of `a` feeds nothing: zero gradient
     x = torch.rand(64, *SHAPE)
     y = torch.randint(0, 2, (64,))
-    s = channel_scores(model, "taylor", (x, y))[0]
+    s = channel_scores(model, "taylor", SHAPE, (x, y))[0]
     assert int(np.argmin(s)) == 2 and s[2] == 0.0
     out = prune_filters(model, 0.25, SHAPE, criterion="taylor", data=(x, y))
     assert out.a.out_channels == 3 and out.b.in_channels == 3
@@ -114,7 +114,7 @@ def test_taylor_prunes_filters_the_loss_does_not_feel() -> None:
 
 def test_per_layer_ratios_and_their_errors() -> None:
     model = _mobilenet()
-    layers = prunable_layers(model)
+    layers = prunable_layers(model, SHAPE)
     out = prune_filters(model, 0.0, SHAPE, per_layer={layers[-1]: 0.5})
     assert (
         out.get_submodule(layers[-1]).out_channels
@@ -147,7 +147,7 @@ class _Concat(nn.Module):
 def test_channels_are_pruned_through_a_concat_at_their_offsets() -> None:
     torch.manual_seed(0)
     model = _Concat().eval()
-    assert prunable_layers(model) == ["a", "b", "c"]
+    assert prunable_layers(model, SHAPE) == ["a", "b", "c"]
     with torch.no_grad():  # a's channel 1 and b's channel 2 output exactly 0
         model.a.weight[1], model.a.bias[1] = 0.0, 0.0
         model.b.weight[2], model.b.bias[2] = 0.0, 0.0
@@ -197,15 +197,15 @@ class _Grouped(nn.Module):
 def test_grouped_convs_keep_their_blocks_even() -> None:
     torch.manual_seed(0)
     model = _Grouped().eval()
-    assert prunable_layers(model) == ["a", "g", "c"]
-    with torch.no_grad():  # a's channels 1 (g's block 0) and 6 (block 1) output exactly 0
-        for c in (1, 6):
+    assert prunable_layers(model, SHAPE) == ["a", "g", "c"]
+    with torch.no_grad():  # a's channels 1 (g's block 0) and 5 (block 1) output exactly 0
+        for c in (1, 5):
             model.a.weight[c], model.a.bias[c] = 0.0, 0.0
     out = prune_filters(model, 0.0, SHAPE, per_layer={"a": 0.25})
     assert (out.a.out_channels, out.g.in_channels, out.g.groups) == (6, 6, 2)
     x = torch.rand(4, *SHAPE)
     torch.testing.assert_close(out(x), model(x))  # the removed channels carried nothing
-    # uneven scores: a global ratio still removes the same count from each block of g
+    # a global ratio removes the same positions from each block of g
     out = prune_filters(model, 0.5, SHAPE)
     assert out.g.in_channels % 2 == 0 and out.g.out_channels % 2 == 0
     assert out(x).shape == (4, 2)
@@ -224,13 +224,21 @@ class _Flat(nn.Module):
         return self.head(torch.relu(self.fc(torch.flatten(torch.relu(self.a(x)), 1))))
 
 
-def test_what_the_analysis_keeps() -> None:
-    model = _Flat()
-    assert prunable_layers(model) == ["fc"]  # a's channels are mixed with positions: kept
-    out = prune_filters(model, 0.5, SHAPE)
-    assert (out.a.out_channels, out.fc.out_features) == (4, 4)
+def test_channels_are_pruned_through_a_flatten() -> None:
+    torch.manual_seed(0)
+    model = _Flat().eval()
+    assert prunable_layers(model, SHAPE) == ["a", "fc"]
+    with torch.no_grad():  # a's channel 2 outputs exactly 0
+        model.a.weight[2], model.a.bias[2] = 0.0, 0.0
+    out = prune_filters(model, 0.0, SHAPE, per_layer={"a": 0.25})
+    # fc lost the 784 input columns of a's channel 2, in place
+    assert (out.a.out_channels, out.fc.in_features) == (3, 3 * 784)
+    keep = [c * 784 + p for c in (0, 1, 3) for p in range(784)]
+    torch.testing.assert_close(out.fc.weight, model.fc.weight[:, keep])
+    x = torch.rand(4, *SHAPE)
+    torch.testing.assert_close(out(x), model(x))
     seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # the only layer makes the output
-    with pytest.raises(ValueError, match="no prunable channels"):
+    with pytest.raises(ValueError, match="no prunable channels: every conv / Linear output is"):
         prune_filters(seq, 0.5, SHAPE)
 
 
@@ -248,18 +256,27 @@ class _Rolled(nn.Module):
         return self.head(self.b(x).mean((2, 3)))
 
 
-def test_an_unknown_op_skips_the_candidate_with_its_name() -> None:
+def test_an_unknown_op_keeps_the_channels_it_touches() -> None:
     from nas.compress import get
+    from nas.compress.channel_groups import unsupported_ops
 
-    tech = get("filter_pruning")
-    reason = tech.not_applicable(_Rolled(), SHAPE)
-    assert reason is not None and "\n" not in reason
-    assert "function roll at node 'roll'" in reason
-    assert tech.not_applicable(_mobilenet(), SHAPE) is None
-    # called directly, the unknown op's channels are kept: never a wrong model
     model = _Rolled()
+    assert unsupported_ops(model, SHAPE) == ["op roll (RollBackward0)"]
+    assert prunable_layers(model, SHAPE) == ["b"]  # a's channels are rolled: kept
     out = prune_filters(model, 0.5, SHAPE)
     assert out.a.out_channels == 4 and out.b.out_channels == 3
+    tech = get("filter_pruning")
+    assert tech.not_applicable(model, SHAPE) is None
+    assert tech.not_applicable(_mobilenet(), SHAPE) is None
+    only = nn.Sequential(nn.Conv2d(1, 4, 3), _Roll(), nn.Flatten(), nn.Linear(4 * 26 * 26, 2))
+    reason = tech.not_applicable(only, SHAPE)
+    assert reason is not None and "\n" not in reason
+    assert "op roll (RollBackward0)" in reason
+
+
+class _Roll(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, 1, dims=1)
 
 
 def test_energy_aware_pruning_takes_more_from_the_costly_layers() -> None:

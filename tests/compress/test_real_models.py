@@ -68,10 +68,9 @@ REFUSES = {
     ("mobilenet_v2", "cp"): "17 grouped, e.g. features.1.conv.0.0 (groups=32)",
     ("efficientnet_b0", "tucker"): "16 grouped, e.g. features.1.0.block.0.0 (groups=32)",
     ("efficientnet_b0", "cp"): "16 grouped, e.g. features.1.0.block.0.0 (groups=32)",
-    # a ViT: LayerNorm, no BatchNorm; token reshapes the channel analysis does not follow; its
+    # a ViT: LayerNorm, no BatchNorm (filter pruning shrinks its MLP and embedding widths); its
     # compute is in Linears (lowrank), its one conv is the 3-channel patch embedding
     ("vit_tiny_patch16_224", "slimming"): "no BatchNorm",
-    ("vit_tiny_patch16_224", "filter_pruning"): "module Linear at layer 'blocks.0.attn.qkv'",
     ("vit_tiny_patch16_224", "tucker"): "patch_embed.proj (3 -> 192)",
     ("vit_tiny_patch16_224", "cp"): "patch_embed.proj (3 -> 192)",
 }
@@ -183,7 +182,7 @@ def _train(model: nn.Module, tech, knobs: dict[str, Any], ctx: Context) -> None:
     x, y = x[:BATCH], y[:BATCH]
     idx = torch.arange(BATCH)
     criterion = tech.criterion(knobs, ctx)
-    loss_hooks = tech.loss_hooks(knobs)
+    loss_hooks = tech.loss_hooks(knobs, ctx)
     step_hooks = tech.step_hooks(knobs, model, ctx)
     steps = HOOKED_STEPS if criterion or loss_hooks or step_hooks else PLAIN_STEPS
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

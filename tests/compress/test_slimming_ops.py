@@ -1,4 +1,4 @@
-"""Network slimming ops: channel groups from the fx graph, exact removal, smaller real models."""
+"""Network slimming ops: channel groups from the dependency graph, exact removal, smaller models."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_zero_gamma_channels_are_removed_exactly(space, shape, seed) -> None:
     to 0 (true for fresh running stats, not for the random ones used here).
     """
     model = _sample(space, seed, shape)
-    groups = slimming_groups(model)
+    groups = slimming_groups(model, shape)
     gen = torch.Generator().manual_seed(seed)
     zeroed = 0
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_zeroed_expand_channels_slice_depthwise_and_se(seed: int) -> None:
     """
     shape = (1, 28, 28)
     model = _sample(mobilenet, seed, shape, expansions=(2, 4), se=True)
-    group = next(g for g in slimming_groups(model) if "blocks.0.expand.1" in g)
+    group = next(g for g in slimming_groups(model, shape) if "blocks.0.expand.1" in g)
     assert group == ["blocks.0.expand.1", "blocks.0.depthwise.1"]
     size = _bn(model, group[0]).num_features
     chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[: size // 2]
@@ -168,7 +168,7 @@ def test_slimmed_model_trains(space, shape) -> None:
     out = slim(_sample(space, 0, shape), 0.5, shape).train()
     opt = torch.optim.SGD(out.parameters(), lr=0.1)
     loss = F.cross_entropy(out(_x(shape, 8)), torch.arange(8) % NUM_CLASSES)
-    loss = loss + bn_l1_penalty(out, 1e-4)
+    loss = loss + bn_l1_penalty(out, 1e-4, shape)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in out.parameters())
     opt.step()
@@ -177,16 +177,16 @@ def test_slimmed_model_trains(space, shape) -> None:
 @pytest.mark.parametrize(("space", "shape"), CASES, ids=_ids)
 def test_penalty_gradient_reaches_gammas(space, shape) -> None:
     model = _sample(space, 1, shape)
-    names = slimmable_bns(model)
+    names = slimmable_bns(model, shape)
     assert names
-    penalty = bn_l1_penalty(model, 0.01)
+    penalty = bn_l1_penalty(model, 0.01, shape)
     expected = 0.01 * sum(_bn(model, n).weight.abs().sum() for n in names)
     torch.testing.assert_close(penalty, expected)
     penalty.backward()
     for n in names:
         torch.testing.assert_close(_bn(model, n).weight.grad, 0.01 * _bn(model, n).weight.sign())
         assert _bn(model, n).bias.grad is None
-    assert bn_l1_penalty(model, 0.01) == penalty  # cached analysis, same answer
+    assert bn_l1_penalty(model, 0.01, shape) == penalty  # cached analysis, same answer
 
 
 @pytest.mark.parametrize(("space", "shape"), CASES, ids=_ids)
@@ -207,7 +207,7 @@ def test_mobilenet_residual_stage_is_one_group() -> None:
     shape = (1, 28, 28)
     model = _sample(mobilenet, 1, shape)
     assert model.blocks[0].use_residual
-    stage = next(g for g in slimming_groups(model) if "stem.1" in g)
+    stage = next(g for g in slimming_groups(model, shape) if "stem.1" in g)
     assert "blocks.0.project.1" in stage
     out = slim(model, 0.9, shape)  # prunes the stage, keeping every member consistent
     width = out.stem[0].out_channels
@@ -227,7 +227,7 @@ def test_cnn_1d_is_slimmed() -> None:
 def test_per_layer_prunes_only_the_named_group() -> None:
     shape = (1, 28, 28)
     model = _sample(cnn, 1, shape, min_depth=2)
-    first, *rest = slimmable_bns(model)
+    first, *rest = slimmable_bns(model, shape)
     out = slim(model, 0.9, shape, per_layer={first: 0.5})  # ratio is ignored with per_layer
     assert _bn(out, first).num_features == _bn(model, first).num_features // 2
     assert all(_bn(out, n).num_features == _bn(model, n).num_features for n in rest)
@@ -242,7 +242,7 @@ def test_min_channels_are_kept() -> None:
     shape = (1, 8, 8)
     model = _sample(mobilenet, 0, shape)
     out = slim(model, 1.0, shape, min_channels=3)
-    for names in slimming_groups(model):
+    for names in slimming_groups(model, shape):
         assert _bn(out, names[0]).num_features == min(3, _bn(model, names[0]).num_features)
 
 
@@ -252,7 +252,7 @@ def test_untrained_model_loses_about_ratio_per_layer() -> None:
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4)).ask()
     model = cnn(trial, input_shape=shape, num_classes=NUM_CLASSES, min_depth=3)
     out = slim(model, 0.5, shape)
-    for name in slimmable_bns(model):
+    for name in slimmable_bns(model, shape):
         n = _bn(model, name).num_features
         assert abs(_bn(out, name).num_features - n / 2) <= 1
 
@@ -262,18 +262,18 @@ def test_by_position_removes_each_groups_trailing_channels() -> None:
     shape = (1, 28, 28)
     model = _sample(cnn, 1, shape, min_depth=3)
     with torch.no_grad():  # gammas that rank the trailing channels first
-        for name in slimmable_bns(model):
+        for name in slimmable_bns(model, shape):
             bn = _bn(model, name)
             bn.weight.copy_(torch.linspace(0.1, 1.0, bn.num_features))
     out = slim(model, 0.5, shape, by_position=True)
-    for name in slimmable_bns(model):
+    for name in slimmable_bns(model, shape):
         bn, kept = _bn(model, name), _bn(out, name)
         assert abs(kept.num_features - bn.num_features / 2) <= 1
         k = kept.num_features
         assert torch.equal(kept.weight, bn.weight[:k])
         assert torch.equal(kept.running_mean, bn.running_mean[:k])
     by_gamma = slim(model, 0.5, shape)
-    name = slimmable_bns(model)[0]
+    name = slimmable_bns(model, shape)[0]
     k = _bn(by_gamma, name).num_features
     assert torch.equal(_bn(by_gamma, name).weight, _bn(model, name).weight[-k:])
 
@@ -281,8 +281,8 @@ def test_by_position_removes_each_groups_trailing_channels() -> None:
 def test_models_without_batchnorm_are_rejected() -> None:
     shape = (1, 28, 28)
     for model in (_sample(mlp, 0, shape), _sample(cnn, 0, shape, batch_norm=False)):
-        assert slimmable_bns(model) == []
-        assert float(bn_l1_penalty(model, 1.0)) == 0.0
+        assert slimmable_bns(model, shape) == []
+        assert float(bn_l1_penalty(model, 1.0, shape)) == 0.0
         with pytest.raises(ValueError, match="has no BatchNorm layers; network slimming needs"):
             slim(model, 0.5, shape)
 
@@ -303,6 +303,8 @@ class _Branchy(nn.Module):
 
 
 class _Untraceable(nn.Module):
+    """Data-dependent control flow (torch.fx cannot trace it; the autograd graph can)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
@@ -313,8 +315,8 @@ class _Untraceable(nn.Module):
 
 
 def test_channels_are_slimmed_through_a_concat() -> None:
-    model = _Branchy().eval()
-    assert slimmable_bns(model) == ["bn_a", "bn_b", "bn_c"]
+    model, shape = _Branchy().eval(), (1, 6, 6)
+    assert slimmable_bns(model, shape) == ["bn_a", "bn_b", "bn_c"]
     with torch.no_grad():
         model.bn_a.weight.copy_(torch.tensor([1.0, 0.01, 1.0, 1.0]))
         model.bn_b.weight.copy_(torch.tensor([1.0, 1.0, 0.02, 1.0]))
@@ -340,8 +342,8 @@ class _CatSpatial(nn.Module):
 
 
 def test_unsupported_ops_pin_channels() -> None:
-    model = _CatSpatial().eval()
-    assert slimmable_bns(model) == ["bn_c"]
+    model, shape = _CatSpatial().eval(), (1, 6, 6)
+    assert slimmable_bns(model, shape) == ["bn_c"]
     out = slim(model, 0.5, (1, 6, 6))
     assert out.c.out_channels == out.fc.in_features == 3
     assert out.a.out_channels == 4
@@ -350,8 +352,10 @@ def test_unsupported_ops_pin_channels() -> None:
 def test_bad_inputs_raise_value_error() -> None:
     shape = (1, 8, 8)
     model = _sample(cnn, 0, shape)
-    with pytest.raises(ValueError, match="cannot be traced"):
-        slim(_Untraceable(), 0.5, shape)
+    with pytest.raises(ValueError, match="cannot trace ConvNet with one input of shape"):
+        slim(model, 0.5, (3, 8, 8))  # a 1-channel network fed 3 channels
+    with pytest.raises(ValueError, match="none can be slimmed: each is tied to the model's out"):
+        slim(_Untraceable(), 0.5, shape)  # its only BN makes the output
     with pytest.raises(ValueError, match="ratio"):
         slim(model, 1.5, shape)
     with pytest.raises(ValueError, match="min_channels"):
@@ -359,7 +363,7 @@ def test_bad_inputs_raise_value_error() -> None:
     with pytest.raises(ValueError, match="input_shape"):
         slim(model, 0.5, (0, 8))
     with pytest.raises(ValueError, match="strength"):
-        bn_l1_penalty(model, -1.0)
+        bn_l1_penalty(model, -1.0, shape)
 
 
 def test_round_to_keeps_multiples_of_the_block() -> None:

@@ -105,3 +105,21 @@ def test_ghost_bad_input() -> None:
         )
     with pytest.raises(ValueError, match="blocks must be a non-empty subset"):
         mobilenet(optuna.trial.FixedTrial({}), input_shape=SHAPE, num_classes=10, blocks=["dense"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruning_keeps_a_ghost_modules_halves_tied(seed: int) -> None:
+    """A ghost module's cheap half is a depthwise conv of its primary half: removing a primary
+    channel removes the cheap one made from it, so both halves keep the same width (whatever
+    layer the dependency graph starts the group from)."""
+    from nas.compress.filter_pruning_ops import prune_filters
+
+    torch.manual_seed(seed)
+    model = _mobilenet("ghost").eval()
+    out = prune_filters(model, 0.3, SHAPE)
+    assert out(torch.rand(2, *SHAPE)).shape == (2, 10)
+    ghosts = [m for m in out.modules() if hasattr(m, "primary") and hasattr(m, "cheap")]
+    assert ghosts
+    for g in ghosts:
+        assert g.primary[0].out_channels == g.cheap[0].out_channels
+    assert count_flops(out, SHAPE) < count_flops(model, SHAPE)

@@ -127,7 +127,7 @@ def test_slimming_a_subnetwork_cuts_its_trailing_channels_then_recalibrates_bn(
     model, compression = prob.build(only)
     assert compression == {"slimming": {"ratio": 0.5, "round_to": 1}}
     whole = prob.subnet(cand.model.nas_subnet)
-    names = slimmable_bns(whole)
+    names = slimmable_bns(whole, prob.data.input_shape)
     assert sum(model.get_submodule(n).num_features for n in names) < sum(
         whole.get_submodule(n).num_features for n in names
     )
