@@ -491,20 +491,21 @@ def main() -> None:
     t0 = time.time()
     torch.set_num_threads(1)
     rows = [r for m in args.models for r in run_model(m, args.ratios, args.rounds, args.b1_repeats)]
-    import torch_pruning as tp
+    from importlib.metadata import version
 
+    tp_version = version("torch-pruning")  # its __version__ string lags the release (1.6.0)
     meta = {
         "command": " ".join(["python benchmarks/pruning_compare.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, Python {platform.python_version()}, 2 cores",
         "date": time.strftime("%Y-%m-%d"),
-        "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__},
+        "versions": {"torch": torch.__version__, "torch_pruning": tp_version},
         "recipe": f"Random init (seed 0), random BN gammas / betas and running stats; "
         f"3x32x32 inputs, 10 classes; round_to={ROUND_TO}; MACs: fvcore (BN not counted); "
         f"latency: onnxruntime, 1 intra-op thread, baseline and pruned models of one network "
         f"timed interleaved, median of {args.rounds} rounds (batch 64: one pass per visit; "
         f"batch 1: median of {args.b1_repeats} passes per visit); ONNX diff: max |ort - torch| "
         f"on a fixed random batch of 8 (must be < {TOLERANCE:g}). torch {torch.__version__}, "
-        f"torch-pruning {tp.__version__}.",
+        f"torch-pruning {tp_version}.",
         "runtime_s": time.time() - t0,
     }
     out = ROOT / "benchmarks" / "results"
