@@ -23,7 +23,8 @@ want="$(cat pyproject.toml) $TORCH_SPEC"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(echo "$want" | sha256sum)" ]; then
     echo "[setup] installing $TORCH_SPEC (first time: several GB, about a minute)"
     # shellcheck disable=SC2086  # TORCH_SPEC holds several requirements
-    "$VENV/bin/pip" install -q $TORCH_SPEC
+    # (pip's "Location ... is ignored" lines: the local package mirrors' missing indexes)
+    "$VENV/bin/pip" install -q $TORCH_SPEC 2>&1 | grep -v "is ignored: it is neither" || true
     echo "[setup] installing the project (pip install -e .[dev])"
     "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
     "$VENV/bin/python" -c "import nas, torch, torchvision, timm, torch_pruning, optuna, onnxruntime" || {
