@@ -1563,12 +1563,14 @@ def _notes(res: dict[str, Any]) -> list[str]:
         )
     notes.append(
         "Times and throughputs were measured while other work used this 2-core machine (other "
-        "jobs, load average 5-9; stages invoked separately may also run beside this script's "
-        "own searches): absolute times are several times a quiet machine's (e.g. "
-        "benchmarks/results/pruning_compare.md: resnet18 680 ms at batch 64 where section 4 "
-        "has about 3 s), so each comparison here is a ratio measured within one run, "
-        "interleaved. The front tables' batch-1 latencies are `nas export`'s single "
-        "measurement per model, not interleaved: read them as noisy."
+        "jobs, load average up to 5-9; stages invoked separately may also run beside this "
+        "script's own searches): absolute times can be several times a quiet machine's (the "
+        "slim stage's resnet18 took about 3 s per batch of 64 in its first run and 0.6 s when "
+        "re-run on a quieter machine; the same pruned models' ratio of cuts moved by up to "
+        "0.11, e.g. mobilenet_v2 at 0.25 with round_to 8 from 0.74 to 0.85), so each comparison "
+        "here is a ratio measured within one run, interleaved. The front tables' batch-1 "
+        "latencies are `nas export`'s single measurement per model, not interleaved: read them "
+        "as noisy."
     )
     return notes
 
