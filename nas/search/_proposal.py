@@ -209,14 +209,51 @@ class ProposalTrial(optuna.trial.BaseTrial):
 
 
 class ProposedSampler(optuna.samplers.RandomSampler):
-    """Answers the real trial's ``suggest`` calls from the chosen proposal; random otherwise.
+    """Answers the real trial's ``suggest`` calls from the chosen proposal; when there is none,
+    from ``fallback`` (random sampling without one).
 
     One process runs one trial at a time, so :attr:`chosen` is simply the current plan.
     """
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(
+        self, seed: int | None = None, fallback: optuna.samplers.BaseSampler | None = None
+    ) -> None:
         super().__init__(seed=seed)
         self.chosen: dict[str, Any] = {}
+        self.fallback = fallback
+
+    def _delegating(self) -> bool:
+        return self.fallback is not None and not self.chosen
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        if self._delegating():
+            return self.fallback.infer_relative_search_space(study, trial)  # type: ignore[union-attr]
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if self._delegating() and search_space:
+            return self.fallback.sample_relative(study, trial, search_space)  # type: ignore[union-attr]
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.fallback is not None:
+            self.fallback.before_trial(study, trial)
+        super().before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        if self.fallback is not None:
+            self.fallback.after_trial(study, trial, state, values)
+        super().after_trial(study, trial, state, values)
 
     def sample_independent(
         self,
@@ -229,6 +266,10 @@ class ProposedSampler(optuna.samplers.RandomSampler):
             value = self.chosen[param_name]
             if param_distribution._contains(param_distribution.to_internal_repr(value)):
                 return value
+        if self._delegating():
+            return self.fallback.sample_independent(  # type: ignore[union-attr]
+                study, trial, param_name, param_distribution
+            )
         return super().sample_independent(study, trial, param_name, param_distribution)
 
 
@@ -425,6 +466,9 @@ class CostAwareProposer:
             metrics that take long, e.g. a big model's FLOPs count, make rounds smaller).
         mc_samples: Monte Carlo draws of the surrogate per candidate.
         refine_rounds: rounds of small mutations of the best-scored candidates, scored too.
+        decline_without_static: after the random start, return no proposal when no objective is
+            a static metric (mode ``tpe``: the sampler's fallback picks; duplicates are still
+            rejected untrained by the run loop).
     """
 
     directions: Mapping[str, str]
@@ -436,6 +480,9 @@ class CostAwareProposer:
     time_budget: float | None = None
     mc_samples: int = 32
     refine_rounds: int = 5
+    # with no objective known before training, decline after the random start (the sampler's
+    # fallback, multivariate TPE, picks) instead of ranking by the surrogate alone
+    decline_without_static: bool = False
     rng: np.random.Generator = field(init=False)
     stats: ProposalStats = field(init=False, default_factory=ProposalStats)
     _gps: dict[str, _GP] = field(init=False, default_factory=dict)
@@ -535,6 +582,17 @@ class CostAwareProposer:
         deadline = t0 + self.time_budget if self.time_budget is not None else math.inf
         seen = set(history.seen)
         warm = len(history.complete) >= self.n_init
+        if (
+            warm
+            and self.decline_without_static
+            and not any(n in _static(t) for t in history.complete for n in self.directions)
+        ):
+            # no objective is known before training: nothing to rank untrained candidates by,
+            # and the sampler's multivariate TPE does better (8 of 8 published HPOBench tables,
+            # benchmarks/results/search_published_prelim*.md); duplicates are still skipped
+            st.mode = "tpe"
+            st.seconds = time.perf_counter() - t0
+            return None
         parents = self._parents(history) if warm else []
         kw: dict[str, Any] = {"deadline": deadline, "scales": (0.05, 0.15, 0.35)}
         props = self._draw(

@@ -31,6 +31,10 @@ def choose_sampler(name: str, *, n_objectives: int, n_trials: int, workers: int)
         f"(Gaussian-process surrogate); duplicates and static-constraint violations are not "
         f"trained"
     )
+    why += (
+        "; when no objective is known before training, multivariate TPE picks after the random "
+        "start (duplicates still skipped)"
+    )
     if workers > 1:
         why += f"; running trials count at their predicted values ({workers} parallel workers)"
     return "cost-aware", why
@@ -58,7 +62,16 @@ def make_sampler(
     if resolved == "cost-aware":
         from nas.search._proposal import ProposedSampler
 
-        sampler: s.BaseSampler = ProposedSampler(seed=seed)
+        # the fallback answers trials the proposal declines: those of searches where no
+        # objective is known before training (see CostAwareProposer.decline_without_static)
+        fallback = s.TPESampler(
+            seed=seed,
+            multivariate=True,
+            group=True,
+            constant_liar=workers > 1,
+            n_startup_trials=max(3, min(10, n_trials // 4)),
+        )
+        sampler: s.BaseSampler = ProposedSampler(seed=seed, fallback=fallback)
     elif resolved == "tpe":
         sampler = s.TPESampler(
             seed=seed,
@@ -101,4 +114,5 @@ def make_proposer(
         seed=seed,
         n_init=max(5, min(10, n_trials // 10)),
         time_budget=time_budget,
+        decline_without_static=sampler.fallback is not None,
     )

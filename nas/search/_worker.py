@@ -257,7 +257,7 @@ def _ask(
         try:
             chosen = proposer.propose(read_history(study), problem.sample, problem.static)
         except Exception as err:  # the surrogate failed (e.g. degenerate data): sample at random
-            log.warning("auto: proposal round failed (%s: %s); this trial samples at random",
+            log.warning("auto: proposal round failed (%s: %s); this trial uses the fallback",
                         type(err).__name__, err)  # fmt: skip
         else:
             st = proposer.stats

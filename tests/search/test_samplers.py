@@ -45,6 +45,32 @@ def test_auto_choice_depends_on_budget_and_objectives() -> None:
     assert why.startswith("sampler cost-aware")
 
 
+def test_auto_hands_searches_without_a_static_objective_to_tpe() -> None:
+    """Nothing known before training: after the random start the proposal declines and the
+    sampler's multivariate TPE picks; duplicates are still never evaluated."""
+    import optuna
+
+    from nas.search._proposal import ProposedSampler
+
+    sampler, _ = make_sampler("auto", n_objectives=1, n_trials=30, workers=1, seed=0)
+    assert isinstance(sampler, ProposedSampler)
+    assert isinstance(sampler.fallback, optuna.samplers.TPESampler)
+    seen: list[tuple[int, str]] = []
+
+    def space(trial: optuna.Trial) -> tuple[int, str]:
+        return trial.suggest_int("a", 0, 4), trial.suggest_categorical("b", list("vwxyz"))
+
+    def evaluate(c: tuple[int, str]) -> dict[str, float]:
+        seen.append(c)
+        return {"quality": c[0] * 10 + ord(c[1])}
+
+    result = nas.search(space, evaluate, {"quality": "maximize"}, n_trials=20, seed=0)
+    assert len(seen) == len(set(seen)) == 20
+    modes = [t.user_attrs.get("proposal", {}).get("mode") for t in result.study.trials]
+    assert modes[:5] == ["random"] * 5  # the random start, chosen by the proposal
+    assert modes[-1] is None  # then TPE's trials: no proposal chose them
+
+
 def test_unknown_sampler_is_bad_input() -> None:
     with pytest.raises(nas.NasError, match="choose one of"):
         make_sampler("cmaes", n_objectives=2, n_trials=5, workers=1, seed=0)
