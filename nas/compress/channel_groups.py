@@ -96,6 +96,7 @@ class Analysis:
     pinned: list[Group]
     unknown: list[str]  # ops outside the known channel-preserving ones
     graph: object = field(repr=False, default=None)
+    names: Mapping[object, str] = field(repr=False, default_factory=dict)  # module -> name
 
     def prune(self, keep: Sequence[Sequence[int]]) -> None:
         """Remove from ``model`` every channel of ``groups[i]`` not in ``keep[i]``."""
@@ -110,14 +111,13 @@ class Analysis:
     def chain(self, bn: str) -> list[str]:
         """The BatchNorms a channel passes in series up to ``bn``, ``bn`` included: back
         through activations and depthwise convs to the conv or Linear that made it."""
-        names = {m: n for n, m in self.model.named_modules()}
         node = self.graph.module2node[self.model.get_submodule(bn)]
         out = [bn]
         while len(node.inputs) == 1:
             node = node.inputs[0]
             module = node.module
             if isinstance(module, _BNS):
-                out.append(names[module])
+                out.append(self.names[module])
             elif not (_depthwise(module) or _op(node) in _CHANNELWISE - _OPERANDS):
                 break
         return out
@@ -148,6 +148,11 @@ def _depthwise(module: object) -> bool:
         and module.groups > 1
         and module.groups == module.in_channels == module.out_channels
     )
+
+
+def _grouped(module: object) -> bool:
+    """A grouped conv that is not depthwise (``1 < groups``)."""
+    return isinstance(module, _CONVS) and module.groups > 1 and not _depthwise(module)
 
 
 def _op(node: object) -> str:
@@ -216,8 +221,9 @@ def _node_problem(node: object, graph: object) -> str | None:
             return f"{_describe(node)} with the model's input or a buffer"
         return None
     module = node.module
-    grouped = isinstance(module, _CONVS) and module.groups > 1 and not _depthwise(module)
-    if grouped and (module.in_channels == module.groups or getattr(module, "transposed", False)):
+    if _grouped(module) and (
+        module.in_channels == module.groups or getattr(module, "transposed", False)
+    ):
         return f"layer {graph._module2name.get(module, '?')!r} (channel multiplier)"
     return None
 
@@ -272,7 +278,7 @@ def _group(graph: object, items: Iterable, names: Mapping[object, str], order: d
         count = _axis(graph, module, out)
         if count is not None and idxs and max(idxs) >= count:
             pinned_by = pinned_by or f"layer {name!r} (its channel count disagrees)"
-        if isinstance(module, _CONVS) and module.groups > 1 and not _depthwise(module):
+        if _grouped(module):
             blocks.append(module.groups)
         if out and isinstance(module, _ROOTS):
             outputs.append(name)
@@ -322,7 +328,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
             if n.type == tp.ops.OPTYPE.ELEMENTWISE and _op(n) not in _CHANNELWISE
         }
     )
-    return Analysis(model, groups, pinned, unknown, graph)
+    return Analysis(model, groups, pinned, unknown, graph, names)
 
 
 def unsupported_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:

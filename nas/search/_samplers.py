@@ -64,22 +64,10 @@ def make_sampler(
 
         # the fallback answers trials the proposal declines: those of searches where no
         # objective is known before training (see CostAwareProposer.decline_without_static)
-        fallback = s.TPESampler(
-            seed=seed,
-            multivariate=True,
-            group=True,
-            constant_liar=workers > 1,
-            n_startup_trials=max(3, min(10, n_trials // 4)),
-        )
+        fallback = _multivariate_tpe(seed, n_trials, workers)
         sampler: s.BaseSampler = ProposedSampler(seed=seed, fallback=fallback)
     elif resolved == "tpe":
-        sampler = s.TPESampler(
-            seed=seed,
-            multivariate=True,
-            group=True,
-            constant_liar=workers > 1,
-            n_startup_trials=max(3, min(10, n_trials // 4)),
-        )
+        sampler = _multivariate_tpe(seed, n_trials, workers)
     elif resolved == "nsga2":
         sampler = s.NSGAIISampler(seed=seed, population_size=min(50, max(4, n_trials // 10)))
     elif resolved == "nsga3":
@@ -89,6 +77,18 @@ def make_sampler(
     else:
         sampler = s.RandomSampler(seed=seed)
     return sampler, f"sampler {resolved} ({why})"
+
+
+def _multivariate_tpe(seed: int | None, n_trials: int, workers: int) -> optuna.samplers.TPESampler:
+    """``tpe``, and ``auto``'s fallback: multivariate, grouped, with the constant liar for
+    parallel workers."""
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=True,
+        group=True,
+        constant_liar=workers > 1,
+        n_startup_trials=max(3, min(10, n_trials // 4)),
+    )
 
 
 def make_proposer(
