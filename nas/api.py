@@ -7,7 +7,8 @@
 
 ``space(trial)`` returns a candidate (any object); ``static[name](candidate)`` are computed first,
 so ``constraints`` on them reject a candidate before ``evaluate(candidate)`` runs, and the ``auto``
-sampler uses them to choose which candidate to evaluate (see ``nas.search._proposal``).
+sampler uses them to choose its sampler and to replace a rejected pick (see
+``nas.search._proposal``).
 
 ``evaluate(candidate, report)`` (two arguments) turns on multi-fidelity: call
 ``report(budget, {"accuracy": ...})`` at increasing budgets (epochs...) and let
@@ -141,7 +142,7 @@ def search(
         directions: objective -> "maximize" | "minimize".
         static: cheap metrics ``fn(candidate) -> float`` computed before ``evaluate``.
         n_trials: evaluations to run (complete trials plus those stopped early).
-        sampler: "auto" (cost-aware), "tpe", "nsga2", "nsga3", "random" or "gp"; or any Optuna
+        sampler: "auto" (see the README), "tpe", "nsga2", "nsga3", "random" or "gp"; or any Optuna
             sampler instance, used as it is.
         seed: seeds the sampler.
         storage: an Optuna storage URL; in memory when None.

@@ -24,7 +24,7 @@ import optuna
 from nas.errors import NasError
 from nas.search._problem import Problem
 from nas.search._progress import SearchProgress
-from nas.search._proposal import CostAwareProposer
+from nas.search._proposal import Proposer
 from nas.search._samplers import make_proposer, make_sampler
 from nas.search._storage import load_study, open_storage
 from nas.search._worker import counts, recover_stale, run_loop
@@ -138,7 +138,7 @@ def _child(
 
 def _proposer(
     study: optuna.Study, problem: Problem, settings: SearchSettings, index: int
-) -> CostAwareProposer | None:
+) -> Proposer | None:
     return make_proposer(
         study.sampler,
         directions=problem.directions,

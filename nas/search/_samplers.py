@@ -12,9 +12,12 @@ from nas.config import Bound
 from nas.errors import NasError
 
 if TYPE_CHECKING:
-    from nas.search._proposal import CostAwareProposer
+    from nas.search._proposal import Proposer
 
 SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "random", "gp")
+
+
+GP_MAX_TRIALS = 500  # auto: Optuna's GP picks below this many trials, multivariate TPE from it
 
 
 def choose_sampler(name: str, *, n_objectives: int, n_trials: int, workers: int) -> tuple[str, str]:
@@ -25,19 +28,22 @@ def choose_sampler(name: str, *, n_objectives: int, n_trials: int, workers: int)
         if n_objectives >= 4:
             return "nsga3", f"{n_trials} trials and {n_objectives} objectives: NSGA-III scales best"
         return "nsga2", f"{n_trials} trials: a genetic algorithm is cheapest per trial at that size"
-    why = (
-        f"{n_trials} trials, {n_objectives} objective(s): each trial trains the candidate, among "
-        f"many drawn, with the largest expected hypervolume gain given its static metrics "
-        f"(Gaussian-process surrogate); duplicates and static-constraint violations are not "
-        f"trained"
-    )
-    why += (
-        "; when no objective is known before training, multivariate TPE picks after the random "
-        "start (duplicates still skipped)"
+    start = "untried random candidates that meet the static constraints first, then "
+    tail = (
+        "; duplicates and static-constraint violations are not trained (the untried feasible "
+        "candidate nearest to such a pick is trained instead)"
     )
     if workers > 1:
-        why += f"; running trials count at their predicted values ({workers} parallel workers)"
-    return "cost-aware", why
+        tail += f"; running trials count as pending ({workers} parallel workers)"
+    if n_trials < GP_MAX_TRIALS:
+        return "auto:gp", (
+            f"{n_trials} trials, {n_objectives} objective(s): {start}Optuna's Gaussian-process "
+            f"sampler (the most hypervolume per evaluation on the published benchmarks){tail}"
+        )
+    return "auto:tpe", (
+        f"{n_trials} trials, {n_objectives} objective(s): {start}multivariate TPE (a Gaussian "
+        f"process gets slow past {GP_MAX_TRIALS} trials){tail}"
+    )
 
 
 def make_sampler(
@@ -59,13 +65,14 @@ def make_sampler(
     )
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     s = optuna.samplers
-    if resolved == "cost-aware":
+    if resolved.startswith("auto:"):
         from nas.search._proposal import ProposedSampler
 
-        # the fallback answers trials the proposal declines: those of searches where no
-        # objective is known before training (see CostAwareProposer.decline_without_static)
-        fallback = _multivariate_tpe(seed, n_trials, workers)
-        sampler: s.BaseSampler = ProposedSampler(seed=seed, fallback=fallback)
+        # the fallbacks answer the trials the proposer leaves to them (see _proposal.Proposer)
+        fallbacks: dict[str, s.BaseSampler] = {"tpe": _multivariate_tpe(seed, n_trials, workers)}
+        if resolved == "auto:gp":
+            fallbacks["gp"] = _gp(seed, n_startup=0)
+        sampler: s.BaseSampler = ProposedSampler(seed=seed, fallbacks=fallbacks)
     elif resolved == "tpe":
         sampler = _multivariate_tpe(seed, n_trials, workers)
     elif resolved == "nsga2":
@@ -73,7 +80,7 @@ def make_sampler(
     elif resolved == "nsga3":
         sampler = s.NSGAIIISampler(seed=seed, population_size=min(50, max(4, n_trials // 10)))
     elif resolved == "gp":
-        sampler = s.GPSampler(seed=seed, warn_independent_sampling=False)
+        sampler = _gp(seed)
     else:
         sampler = s.RandomSampler(seed=seed)
     return sampler, f"sampler {resolved} ({why})"
@@ -91,6 +98,17 @@ def _multivariate_tpe(seed: int | None, n_trials: int, workers: int) -> optuna.s
     )
 
 
+def _gp(seed: int | None, n_startup: int = 10) -> optuna.samplers.GPSampler:
+    """``gp``, and ``auto``'s fallback below ``GP_MAX_TRIALS`` (whose proposer does the random
+    start: ``n_startup=0``). Categorical parameters get the GP's categorical kernel."""
+    return optuna.samplers.GPSampler(
+        seed=seed,
+        n_startup_trials=n_startup,
+        independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+        warn_independent_sampling=False,
+    )
+
+
 def make_proposer(
     sampler: optuna.samplers.BaseSampler,
     *,
@@ -99,20 +117,21 @@ def make_proposer(
     n_trials: int,
     seed: int | None,
     time_budget: float | None = None,
-) -> CostAwareProposer | None:
-    """The cost-aware proposer that goes with ``sampler`` (None for Optuna's own samplers).
+) -> Proposer | None:
+    """The proposer that goes with ``sampler`` (None for Optuna's own samplers).
 
     ``time_budget`` caps the seconds of one proposal round (None: reproducible, no cap).
     """
-    from nas.search._proposal import CostAwareProposer, ProposedSampler
+    from nas.search._proposal import ProposedSampler, Proposer
 
     if not isinstance(sampler, ProposedSampler):
         return None
-    return CostAwareProposer(
+    modes = ("tpe", "gp" if "gp" in sampler.fallbacks else "tpe")
+    return Proposer(
         directions,
         constraints,
+        modes=modes,
         seed=seed,
         n_init=max(5, min(10, n_trials // 10)),
         time_budget=time_budget,
-        decline_without_static=sampler.fallback is not None,
     )

@@ -30,7 +30,7 @@ from nas.config import Bound
 from nas.errors import NasError
 from nas.search._fidelity import MOASHA, Reporter, Stopped
 from nas.search._problem import Problem, Rejected, describe_violation, violations
-from nas.search._proposal import CostAwareProposer, ProposedSampler, params_key, read_history
+from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
 
 MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
 MAX_CONSECUTIVE_FAILURES = 10  # ... and so do this many failures of any kind
@@ -245,7 +245,7 @@ class _Failures:
 
 
 def _ask(
-    study: optuna.Study, problem: Problem, proposer: CostAwareProposer | None
+    study: optuna.Study, problem: Problem, proposer: Proposer | None
 ) -> tuple[optuna.Trial, Any, BaseException | None] | None:
     """Under the lock: ask a trial and sample its candidate (chosen by ``proposer`` if any).
 
@@ -256,7 +256,7 @@ def _ask(
     if proposer is not None and not queued:
         try:
             chosen = proposer.propose(read_history(study), problem.sample, problem.static)
-        except Exception as err:  # the surrogate failed (e.g. degenerate data): sample at random
+        except Exception as err:  # e.g. the space failed on a proposal trial
             log.warning("auto: proposal round failed (%s: %s); this trial uses the fallback",
                         type(err).__name__, err)  # fmt: skip
         else:
@@ -268,9 +268,12 @@ def _ask(
         trial = study.ask()
     trial.set_user_attr("worker", worker_identity())
     sampler = study.sampler
-    if chosen is not None and isinstance(sampler, ProposedSampler):
-        sampler.chosen = chosen.params
-        trial.set_user_attr("proposal", proposer.stats.as_dict())  # type: ignore[union-attr]
+    if proposer is not None and not queued:
+        trial.set_user_attr("proposal", proposer.stats.as_dict())
+    if isinstance(sampler, ProposedSampler):  # a proposal, else the fallback the proposer named
+        sampler.chosen = chosen.params if chosen is not None else {}
+        if proposer is not None and proposer.stats.mode in sampler.fallbacks:
+            sampler.mode = proposer.stats.mode
     try:
         candidate = problem.sample(trial)
     except BaseException as err:  # handled by the caller, outside the lock
@@ -302,7 +305,7 @@ def run_loop(
     deadline: float | None = None,
     on_tell: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     max_rejected: int | None = None,
-    proposer: CostAwareProposer | None = None,
+    proposer: Proposer | None = None,
     scheduler: MOASHA | None = None,
     warn_exhausted: bool = True,
 ) -> None:

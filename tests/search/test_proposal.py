@@ -1,4 +1,4 @@
-"""The cost-aware proposer: identity of candidates, proposal trials, hypervolume gain, choices."""
+"""The proposer of ``auto``: identity of candidates, proposal trials, the random start, repairs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 import nas
-from nas.search._proposal import ProposalTrial, hv_improvement, params_key
+from nas.config import Bound
+from nas.search._proposal import History, ProposalTrial, Proposer, distance, params_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -66,24 +67,40 @@ def test_proposal_trial_mutates_only_what_it_is_told() -> None:
         assert t.params["i"] != 6  # an int mutation moves at least one step
 
 
-@pytest.mark.parametrize("m", [2, 3])
-def test_hv_improvement_matches_moocore(m: int) -> None:
-    rng = np.random.default_rng(m)
-    pts = rng.random((30, m))
-    front = pts[moocore.is_nondominated(pts)]
-    ref = np.full(m, 1.1)
-    cand = rng.random((40, m)) * 1.2
-    base = moocore.hypervolume(front, ref=ref)
-    expect = [
-        max(moocore.hypervolume(np.vstack([front, c]), ref=ref) - base, 0.0)
-        if np.all(c < ref)
-        else 0.0
-        for c in cand
+def test_distance_treats_categories_as_unordered() -> None:
+    dists = {
+        "c": CategoricalDistribution([1, 2, 30]),
+        "f": FloatDistribution(1e-3, 1.0, log=True),
+    }
+    base = {"c": 1, "f": 0.01}
+    # any two different categories are one apart, whatever their values
+    assert distance(base, {"c": 2, "f": 0.01}, dists) == distance(base, {"c": 30, "f": 0.01}, dists)
+    assert distance(base, {"c": 2, "f": 0.01}, dists) == 1.0
+    assert distance(base, {"c": 1, "f": 0.1}, dists) == pytest.approx(1 / 3)  # log scale
+    assert distance(base, {"c": 1}, dists) == 1.0  # a missing parameter
+
+
+def test_a_rejected_pick_is_replaced_by_the_nearest_untried_feasible_candidate() -> None:
+    rejected = {"f": 0.1, "s": 0.5, "i": 6, "c": "b"}
+    proposer = Proposer({"f": "minimize"}, {"i": Bound(max=8)}, modes=("tpe", "gp"), n_init=2)
+    done = [
+        optuna.trial.create_trial(values=[0.5], user_attrs={"static": static})
+        for static in ({}, {"i": 2.0})
     ]
-    got = hv_improvement(front, cand, ref)
-    assert got == pytest.approx(expect, abs=1e-12)
-    assert (got == 0).any() and (got > 0).any()
-    assert hv_improvement(np.zeros((0, m)), cand[:1] * 0, ref)[0] == pytest.approx(1.1**m)
+    history = History(complete=done, pending=[], seen={params_key(rejected)})
+    history.rejected = rejected
+    chosen = proposer.propose(history, _space, lambda c: {"i": float(c["i"])})
+    assert chosen is not None and proposer.stats.mode == "nearest"
+    assert chosen.params != rejected and chosen.params["i"] <= 8
+    assert distance(chosen.params, rejected, chosen.dists) <= 1.0  # one small step away
+    # with no rejected pick, a warm proposer leaves the choice to a fallback sampler: the GP
+    # where an objective is known before training, TPE where none is
+    history.rejected = None
+    assert proposer.propose(history, _space, lambda c: {}) is None
+    assert proposer.stats.mode == "tpe"
+    done[1].user_attrs["static"] = {"f": 0.2}
+    assert proposer.propose(history, _space, lambda c: {}) is None
+    assert proposer.stats.mode == "gp"
 
 
 def _zdt1(trial: optuna.trial.BaseTrial) -> np.ndarray:
@@ -113,19 +130,18 @@ def test_auto_reaches_a_better_front_than_random_on_zdt1() -> None:
     assert _hv(auto) > 0.5 > _hv(rand)  # the true front's HV is about 0.87
     trials = auto.study.get_trials(states=(TrialState.COMPLETE,))
     modes = {t.user_attrs["proposal"]["mode"] for t in trials}
-    assert {"random", "ehvi"} <= modes
+    assert modes == {"random", "gp"}  # f1 is known before "training": the GP picks
     assert all(t.user_attrs["static"] == {"f1": t.params["x0"]} for t in trials)
 
 
 def test_a_failing_proposal_round_falls_back_to_random_sampling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from nas.search._proposal import CostAwareProposer
 
     def broken(self: object, *args: object) -> None:
         raise np.linalg.LinAlgError("not positive definite")
 
-    monkeypatch.setattr(CostAwareProposer, "propose", broken)
+    monkeypatch.setattr(Proposer, "propose", broken)
     result = nas.search(
         _zdt1,
         _zdt1_f2,

@@ -37,24 +37,29 @@ def test_each_sampler_reaches_exact_trial_count(name: str) -> None:
 
 
 def test_auto_choice_depends_on_budget_and_objectives() -> None:
-    assert choose_sampler("auto", n_objectives=2, n_trials=50, workers=1)[0] == "cost-aware"
-    assert "predicted values" in choose_sampler("auto", n_objectives=2, n_trials=50, workers=4)[1]
+    assert choose_sampler("auto", n_objectives=2, n_trials=50, workers=1)[0] == "auto:gp"
+    assert choose_sampler("auto", n_objectives=2, n_trials=600, workers=1)[0] == "auto:tpe"
+    assert "pending" in choose_sampler("auto", n_objectives=2, n_trials=50, workers=4)[1]
     assert choose_sampler("auto", n_objectives=2, n_trials=5000, workers=1)[0] == "nsga2"
     assert choose_sampler("auto", n_objectives=4, n_trials=5000, workers=1)[0] == "nsga3"
     _, why = make_sampler("auto", n_objectives=2, n_trials=50, workers=1, seed=0)
-    assert why.startswith("sampler cost-aware")
+    assert why.startswith("sampler auto:gp")
 
 
-def test_auto_hands_searches_without_a_static_objective_to_tpe() -> None:
-    """Nothing known before training: after the random start the proposal declines and the
-    sampler's multivariate TPE picks; duplicates are still never evaluated."""
+def test_auto_starts_at_random_then_hands_over_and_never_trains_a_duplicate() -> None:
+    """The proposer's random start, then multivariate TPE picks (no objective is known before
+    training); a pick already tried is rejected untrained and the nearest untried candidate is
+    trained instead."""
     import optuna
 
     from nas.search._proposal import ProposedSampler
 
     sampler, _ = make_sampler("auto", n_objectives=1, n_trials=30, workers=1, seed=0)
     assert isinstance(sampler, ProposedSampler)
-    assert isinstance(sampler.fallback, optuna.samplers.TPESampler)
+    assert isinstance(sampler.fallbacks["gp"], optuna.samplers.GPSampler)
+    assert isinstance(sampler.fallbacks["tpe"], optuna.samplers.TPESampler)
+    big, _ = make_sampler("auto", n_objectives=1, n_trials=600, workers=1, seed=0)
+    assert list(big.fallbacks) == ["tpe"]  # type: ignore[attr-defined]
     seen: list[tuple[int, str]] = []
 
     def space(trial: optuna.Trial) -> tuple[int, str]:
@@ -66,9 +71,13 @@ def test_auto_hands_searches_without_a_static_objective_to_tpe() -> None:
 
     result = nas.search(space, evaluate, {"quality": "maximize"}, n_trials=20, seed=0)
     assert len(seen) == len(set(seen)) == 20
-    modes = [t.user_attrs.get("proposal", {}).get("mode") for t in result.study.trials]
-    assert modes[:5] == ["random"] * 5  # the random start, chosen by the proposal
-    assert modes[-1] is None  # then TPE's trials: no proposal chose them
+    trials = result.study.trials
+    modes = [t.user_attrs["proposal"]["mode"] for t in trials]
+    assert modes[:5] == ["random"] * 5  # the random start, chosen by the proposer
+    assert "tpe" in modes[5:]  # then TPE's picks
+    for i, t in enumerate(trials[:-1]):  # a rejected pick: the next trial is its nearest repair
+        if t.state.name == "PRUNED":
+            assert trials[i + 1].user_attrs["proposal"]["mode"] == "nearest"
 
 
 def test_unknown_sampler_is_bad_input() -> None:
