@@ -415,6 +415,10 @@ def run_one(problem_name: str, sampler: str, seed: int, evals: int, mf: bool) ->
 
 
 def _job(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+    import torch  # the GP sampler's linear algebra: one thread per run, so that parallel runs
+    # do not oversubscribe the cores (two 2-thread runs on 2 cores took 10x as long)
+
+    torch.set_num_threads(1)
     return run_one(*args)
 
 
@@ -447,9 +451,12 @@ def summarise(runs: list[dict[str, Any]], evals: int) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for prob, by in out.items():
         table[prob] = {}
+        # checkpoints the problem's runs all reached (a problem run with fewer evaluations)
+        full = [len(r["hv"]) for rs in by.values() for r in rs if "+mo-asha" not in r["sampler"]]
+        limit = min(evals, *full) if full else evals
         for smp, rs in by.items():
             row: dict[str, Any] = {}
-            for b in [c for c in CHECKPOINTS if c <= evals]:
+            for b in [c for c in CHECKPOINTS if c <= limit]:
                 vals = np.array([at(r, b) for r in rs])
                 row[str(b)] = {
                     "mean": float(vals.mean()),
@@ -487,16 +494,23 @@ def markdown(table: dict[str, Any], meta: dict[str, Any]) -> str:
     default_command = (
         f"python benchmarks/search_efficiency.py --seeds {meta['seeds']} --evals {meta['evals']}"
     )
+    command = meta.get("command") or default_command
+    if isinstance(command, list):  # merged from several invocations (--merge)
+        command = "by these commands, in order:\n\n" + "\n".join(f"- `{c}`" for c in command)
+    else:
+        command = f"by `{command}`"
     lines = [
         "# Search efficiency",
         "",
-        f"`{meta.get('command') or default_command}`"
-        f" on {meta['machine']}, {meta['date']}. HV ratio = hypervolume of the evaluated set / "
+        f"On {meta['machine']}, {meta['date']}, {command}",
+        "",
+        "HV ratio = hypervolume of the evaluated set / "
         "hypervolume of the true front; mean ± std over seeds (worst seed). *to 90 %*: median "
         "evaluations (for MO-ASHA: full-training equivalents) to reach 90 % of the true "
         "hypervolume, with how many runs reached it within the budget (inf = not reached).",
         "",
     ]
+    lines += _versus(table)
     for prob, rows in table.items():
         checks = [k for k in next(iter(rows.values())) if k.isdigit()]
         lines += [f"## {prob}", ""]
@@ -539,6 +553,34 @@ def markdown(table: dict[str, Any], meta: dict[str, Any]) -> str:
                     )
             lines.append("")
     return "\n".join(lines)
+
+
+def _versus(table: dict[str, Any]) -> list[str]:
+    """auto's mean HV ratio against the best other sampler's, per problem and checkpoint."""
+    rows, widest = [], []
+    for prob, by in table.items():
+        if "auto" not in by or len(by) < 2:
+            continue
+        cells = []
+        checks = [k for k in by["auto"] if k.isdigit() and int(k) >= 50]
+        widest = max(widest, checks, key=len)
+        for c in checks:
+            others = {s: r[c]["mean"] for s, r in by.items() if s != "auto" and "+" not in s}
+            best = max(others, key=others.__getitem__)
+            a = by["auto"][c]["mean"]
+            cells.append(f"{a:.3f} vs {others[best]:.3f} {best} ({a - others[best]:+.3f})")
+        rows.append(f"| {prob} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    rows = [r + " |" * (len(widest) + 2 - r.count("|")) for r in rows]  # shorter problems
+    return [
+        "## auto against the best other sampler (mean HV ratio, difference)",
+        "",
+        "| problem | " + " | ".join(f"at {c} evaluations" for c in widest) + " |",
+        "|---" * (len(widest) + 1) + "|",
+        *rows,
+        "",
+    ]
 
 
 def plot(runs: list[dict[str, Any]], path: Path, evals: int) -> None:
@@ -588,7 +630,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "search_efficiency")
     ap.add_argument("--append", action="store_true", help="keep other runs in --out's JSON")
     ap.add_argument("--report-only", action="store_true", help="re-summarise --out's JSON")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="write --out from the runs of these result files (a later file's run of the same "
+        "problem, sampler and seed replaces an earlier one; samplers no longer here are left out)",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.report_only:
         data = json.loads(args.out.with_suffix(".json").read_text())
         write(data["runs"], data["meta"], args.out)
@@ -632,6 +685,30 @@ def main() -> None:
         "command": " ".join(["python benchmarks/search_efficiency.py", *sys.argv[1:]]),
     }
     write(runs, meta, args.out)
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One table from runs made by several invocations; the meta lists their commands."""
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    metas = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        metas.append(data["meta"])
+        for r in data["runs"]:
+            if r["problem"] in PROBLEMS and r["sampler"].removesuffix("+mo-asha") in SAMPLERS:
+                runs[(r["problem"], r["sampler"], r["seed"])] = r
+    merged = " ".join(["python benchmarks/search_efficiency.py --merge", *map(str, paths)])
+    meta = {
+        "seeds": max(m["seeds"] for m in metas),
+        "evals": max(m["evals"] for m in metas),
+        "machine": metas[-1]["machine"],
+        "date": time.strftime("%Y-%m-%d"),
+        "command": [*(m["command"] for m in metas), f"{merged} --out {out}"],
+    }
+    ordered = sorted(
+        runs.values(), key=lambda r: (list(PROBLEMS).index(r["problem"]), r["sampler"], r["seed"])
+    )
+    write(ordered, meta, out)
 
 
 def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
