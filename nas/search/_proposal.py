@@ -232,22 +232,21 @@ class ProposedSampler(optuna.samplers.RandomSampler):
         """The sampler answering now (None while a proposal is being answered)."""
         return None if self.chosen else self.fallbacks.get(self.mode)
 
-    def _delegating(self) -> bool:
-        return self.fallback is not None
-
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        if self._delegating():
-            return self.fallback.infer_relative_search_space(study, trial)  # type: ignore[union-attr]
-        return {}
+        fallback = self.fallback
+        return fallback.infer_relative_search_space(study, trial) if fallback else {}
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if self._delegating() and search_space:
-            return self.fallback.sample_relative(study, trial, search_space)  # type: ignore[union-attr]
-        return {}
+        fallback = self.fallback
+        return (
+            fallback.sample_relative(study, trial, search_space)
+            if fallback and search_space
+            else {}
+        )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         for sampler in self.fallbacks.values():
@@ -276,10 +275,9 @@ class ProposedSampler(optuna.samplers.RandomSampler):
             value = self.chosen[param_name]
             if param_distribution._contains(param_distribution.to_internal_repr(value)):
                 return value
-        if self._delegating():
-            return self.fallback.sample_independent(  # type: ignore[union-attr]
-                study, trial, param_name, param_distribution
-            )
+        fallback = self.fallback
+        if fallback is not None:
+            return fallback.sample_independent(study, trial, param_name, param_distribution)
         return super().sample_independent(study, trial, param_name, param_distribution)
 
 
@@ -291,9 +289,6 @@ class ProposedSampler(optuna.samplers.RandomSampler):
 @dataclass
 class Proposal:
     params: dict[str, Any]
-    candidate: Any
-    static: dict[str, float]
-    key: str
     dists: dict[str, BaseDistribution]
 
 
@@ -317,14 +312,13 @@ class History:
     """The study as the proposer reads it."""
 
     complete: list[FrozenTrial]
-    pending: list[FrozenTrial]
-    seen: set[str]
+    seen: set[str]  # params keys of every trial but the WAITING ones
     # params of the latest finished trial when it was rejected untrained, else None
     rejected: dict[str, Any] | None = None
 
 
 def read_history(study: optuna.Study) -> History:
-    complete, pending, seen = [], [], set()
+    complete, seen = [], set()
     last: FrozenTrial | None = None
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
@@ -333,14 +327,12 @@ def read_history(study: optuna.Study) -> History:
             seen.add(params_key(t.params))
         if t.state == TrialState.COMPLETE:
             complete.append(t)
-        elif t.state == TrialState.RUNNING and t.params:
-            pending.append(t)
         if t.state.is_finished() and (last is None or t.number > last.number):
             last = t
     rejected = None
     if last is not None and last.state == TrialState.PRUNED and "rejected" in last.user_attrs:
         rejected = dict(last.params)
-    return History(complete, pending, seen, rejected)
+    return History(complete, seen, rejected)
 
 
 def _static(t: FrozenTrial) -> dict[str, float]:
@@ -448,7 +440,7 @@ class Proposer:
             if describe_violation(self.constraints, metrics) is not None:
                 st.infeasible += 1
                 continue
-            out.append(Proposal(trial.params, candidate, metrics, key, trial.distributions))
+            out.append(Proposal(trial.params, trial.distributions))
         return out
 
     def propose(
@@ -467,8 +459,8 @@ class Proposer:
         deadline = t0 + self.time_budget if self.time_budget is not None else math.inf
         warm = len(history.complete) >= self.n_init
         if warm and history.rejected is None:
-            static = any(n in _static(t) for t in history.complete for n in self.directions)
-            st.mode = self.modes[static]
+            known = any(n in _static(t) for t in history.complete for n in self.directions)
+            st.mode = self.modes[known]
             st.seconds = time.perf_counter() - t0
             return None
         parent = history.rejected if warm else None

@@ -251,11 +251,12 @@ def _ask(
 
     Returns None when the proposer finds the space exhausted (every candidate drawn was tried).
     """
-    chosen = None
+    chosen = history = None
     queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. a retry
     if proposer is not None and not queued:
+        history = read_history(study)  # read under the lock: no trial is asked meanwhile
         try:
-            chosen = proposer.propose(read_history(study), problem.sample, problem.static)
+            chosen = proposer.propose(history, problem.sample, problem.static)
         except Exception as err:  # e.g. the space failed on a proposal trial
             log.warning("auto: proposal round failed (%s: %s); this trial uses the fallback",
                         type(err).__name__, err)  # fmt: skip
@@ -281,19 +282,9 @@ def _ask(
     finally:
         if isinstance(sampler, ProposedSampler):
             sampler.chosen = {}
-    if proposer is not None and chosen is None and not queued:
-        key = params_key(trial.params)
-        if _duplicate(study, trial, key):
-            return trial, None, Rejected("duplicate of a candidate already tried", {})
+    if history is not None and chosen is None and params_key(trial.params) in history.seen:
+        return trial, None, Rejected("duplicate of a candidate already tried", {})
     return trial, candidate, None
-
-
-def _duplicate(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
-    return any(
-        t.number != trial.number and t.params and params_key(t.params) == key
-        for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING
-    )
 
 
 def run_loop(

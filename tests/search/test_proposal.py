@@ -87,7 +87,7 @@ def test_a_rejected_pick_is_replaced_by_the_nearest_untried_feasible_candidate()
         optuna.trial.create_trial(values=[0.5], user_attrs={"static": static})
         for static in ({}, {"i": 2.0})
     ]
-    history = History(complete=done, pending=[], seen={params_key(rejected)})
+    history = History(complete=done, seen={params_key(rejected)})
     history.rejected = rejected
     chosen = proposer.propose(history, _space, lambda c: {"i": float(c["i"])})
     assert chosen is not None and proposer.stats.mode == "nearest"
