@@ -336,4 +336,38 @@ def load_experiment(path: str | Path) -> Experiment:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise NasError(f"{p}: invalid YAML{where}: {problem}; fix the syntax") from None
-    return parse_experiment(data, str(p))
+    except UnicodeDecodeError:
+        raise NasError(f"{p} is not UTF-8 text; save the experiment file as UTF-8") from None
+    except OSError as err:
+        raise NasError(f"cannot read {p}: {err.strerror}; check its permissions") from None
+    exp = parse_experiment(data, str(p))
+    space = anchor_file_spec(exp.space.name, p.parent, "space")
+    dataset = anchor_file_spec(exp.data.name, p.parent, "dataset")
+    if space == exp.space.name and dataset == exp.data.name:
+        return exp
+    return exp.model_copy(
+        update={
+            "space": exp.space.model_copy(update={"name": space}),
+            "data": exp.data.model_copy(update={"name": dataset}),
+        }
+    )
+
+
+def anchor_file_spec(spec: str, base: Path, kind: str) -> str:
+    """A relative ``file.py:fn`` is read from the experiment file's folder ``base``; the run
+    folder freezes its absolute path so that resume, export and report work from any directory.
+
+    (A path that exists only from the current directory is still taken, for experiments written
+    before this rule.) Anything else is returned unchanged.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target.endswith(".py") or Path(target).is_absolute():
+        return spec
+    tried = [base / target, Path(target)]
+    for path in tried:
+        if path.is_file():
+            return f"{path.resolve()}:{attr}"
+    raise NasError(
+        f"{kind} file {target!r} does not exist (tried {tried[0].resolve()}, relative to the "
+        f"experiment file, and {tried[1].resolve()}); fix the path in {spec!r}"
+    )

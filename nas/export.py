@@ -80,7 +80,8 @@ def trial_model(run: Run, p: Point, root: Path | None = None) -> nn.Module:
     """The trained model of a completed trial, as saved in the run folder (``root``: another
     folder laid out the same way, e.g. ``RUN_DIR/final`` for a finalized model)."""
     root = run.dir if root is None else root
-    model = load_trial(root, p.number)  # a compressed trial's module (its shapes changed)
+    # a compressed trial's module (its shapes changed)
+    model = load_trial(root, p.number, run.exp.space.name)
     if model is not None:
         return model
     src = weights_path(root, p.number)

@@ -167,7 +167,7 @@ def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
                 f"trial {p.number} has no stored weights ({stored}); "
                 f"finalize it --from scratch, or re-run the search"
             )
-        model = load_trial(run.dir, p.number)
+        model = load_trial(run.dir, p.number, run.exp.space.name)
         exact = [t for t in _KEEP_EXACT if t in getattr(model, "nas_compression", {})]
         if exact:
             raise NasError(

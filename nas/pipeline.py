@@ -432,12 +432,26 @@ def save_trial(model: nn.Module, run_dir: Path, number: int, *, structural: bool
         os.replace(tmp, path)
 
 
-def load_trial(run_dir: Path, number: int) -> nn.Module | None:
-    """The saved module of a compressed trial (``None`` for an uncompressed one)."""
+def load_trial(run_dir: Path, number: int, space: str | None = None) -> nn.Module | None:
+    """The saved module of a compressed trial (``None`` for an uncompressed one).
+
+    ``space`` (the run's space name) is imported first: a user's ``file.py:fn`` space defines
+    the classes the saved module refers to.
+    """
     path = module_path(run_dir, number)
     if not path.is_file():
         return None
-    return torch.load(path, weights_only=False).eval()  # our own run folder's file
+    if space and ":" in space:
+        resolve_space(space)
+    try:
+        return torch.load(path, weights_only=False).eval()  # our own run folder's file
+    except (ImportError, AttributeError) as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise NasError(
+            f"trial {number}'s saved model ({path}) needs {missing!r}, which does not import "
+            f"here; make the space {space!r} importable (install it or add its folder to "
+            f"PYTHONPATH) and run the command again"
+        ) from None
 
 
 PREFLIGHT_CANDIDATES = 5

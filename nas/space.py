@@ -8,6 +8,7 @@ A space is named by a registered name (``nas spaces`` lists them), ``"path/file.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -64,7 +65,15 @@ def load_callable(spec: str, kind: str) -> Callable[..., Any]:
                 raise NasError(
                     f"{kind} file {str(path)!r} does not exist; check the path in {spec!r}"
                 )
-            mod_name = f"_nas_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+            # a stable name (not the per-process hash()): a module saved with torch.save names
+            # its classes by it, and another process (export, report) must find them again
+            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+            mod_name = f"_nas_user_{path.stem}_{digest}"
+            if mod_name in sys.modules:
+                module = sys.modules[mod_name]
+                fn = getattr(module, attr, None)
+                if callable(fn):
+                    return fn
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
