@@ -93,7 +93,7 @@ def synthetic(n: int) -> dict:
         )
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare(ROOT / "experiments" / "digits_quick.yaml", out=Path(tmp) / "run")
-        run.study().add_trials(trials)
+        run.study(writable=True).add_trials(trials)
         html = Path(tmp) / "report.html"
         t0 = time.perf_counter()
         write_report(run, html)

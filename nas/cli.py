@@ -1,18 +1,21 @@
 """The ``nas`` command: run | worker | front | finalize | export | report | compare | dashboard |
-spaces | objectives | techniques.
+doctor | spaces | objectives | techniques.
 
 Bad input prints one line (``error: <what is wrong>; <the fix>``) to stderr and exits with 2.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 import click
 
-from nas.errors import NasError
+from nas.errors import NasError, NasWarning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,7 +127,10 @@ def front(run_dir: Path, where: str | None, best: str | None, knee: bool, as_jso
 
     rf = Run.open(run_dir).front(where)
     chosen = rf.select(best=best, knee=knee)
-    png = rf.front.plot(run_dir / "pareto.png")
+    try:
+        png = f"{rf.front.plot(run_dir / 'pareto.png')}"
+    except OSError as e:  # a run folder on read-only media still shows its front
+        png = f"not written ({e.strerror})"
     if as_json:
         out = rf.to_dict()
         if chosen is not None:
@@ -276,6 +282,26 @@ def dashboard(run_dir: Path, port: int) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--check", "check_only", is_flag=True, help="Only check; change nothing.")
+@click.option("--no-exports", is_flag=True, help="Skip re-verifying the exported models.")
+def doctor(run_dir: Path, check_only: bool, no_exports: bool) -> None:
+    """Check RUN_DIR (study file, running trials, weights, exports) and repair what can be
+    repaired: a torn study file, trials left running by dead processes, temporary files.
+    Exits with 1 when a problem is left."""
+    from nas.doctor import doctor as check_run
+
+    found = check_run(
+        run_dir,
+        repair=not check_only,
+        verify_exports=not no_exports,
+        say=lambda f: click.echo(f"{f.status:8s} {f.text}"),
+    )
+    if any(f.status == "problem" for f in found):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
 def spaces() -> None:
     """List the registered search spaces."""
     from nas.space import SPACES, list_spaces
@@ -312,10 +338,51 @@ def techniques() -> None:
         click.echo(f"    exports: {t.exports}")
 
 
+_FIXES = {
+    errno.EACCES: "the path is not writable here; pass another path (--to/--out) or fix its "
+    "permissions",
+    errno.EPERM: "the path is not writable here; pass another path (--to/--out) or fix its "
+    "permissions",
+    errno.EROFS: "the file system is read-only; pass a writable path (--to/--out)",
+    errno.EEXIST: "a file is in the way; pass a folder path that is free, or remove that file",
+    errno.ENOTDIR: "a file is in the way where a folder is needed; pass another path",
+    errno.EISDIR: "it is a folder; pass a file path",
+    errno.ENOSPC: "the disk is full; free space and re-run the same command (completed trials "
+    "are kept)",
+    errno.ENOENT: "it does not exist; check the path",
+}
+
+
+def _os_error(e: OSError) -> str:
+    what = e.filename if e.filename is not None else "a file"
+    fix = _FIXES.get(e.errno or 0, "check the path, its permissions and free space")
+    return f"cannot use {what}: {e.strerror or e}; {fix}"
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, NasWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input)."""
+    warnings.showwarning = _show_warning
     try:
-        cli.main(args=argv, prog_name="nas", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="nas", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's click.exceptions.Exit(code)
+            return code
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -326,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NasError as e:
         click.echo(f"error: {e}", err=True)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written
+        click.echo(f"error: {_os_error(e)}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo(

@@ -165,6 +165,7 @@ class SearchConfig(_Strict):
     timeout: float | None = Field(None, gt=0)
     threads_per_worker: int | None = Field(None, ge=1)
     heartbeat_seconds: int = Field(10, ge=1)  # database storages: a trial silent 3x this is lost
+    max_rejections: int = Field(2000, ge=1)  # this many rejected candidates in a row: stop, say why
     backend: Literal["local", "ray"] = "local"
     address: str | None = None  # ray: "auto" joins a running cluster; None starts a local Ray
     cpus_per_trial: float = Field(1.0, gt=0)

@@ -146,11 +146,64 @@ def _is_pair(part: Any) -> bool:
     return isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], tuple)
 
 
-def _as_arrays(part: Any) -> Arrays:
+def _as_arrays(part: Any, what: str = "dataset") -> Arrays:
     x, y = part
-    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    return x.astype(np.float32), y.astype(np.int64)
+    try:
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        x = x.astype(np.float32)
+    except (TypeError, ValueError) as err:
+        raise NasError(f"{what}: x must be a numeric array ({err}); return numbers") from None
+    return x, check_labels(x, y, what)
+
+
+def check_labels(x: np.ndarray, y: np.ndarray, what: str) -> np.ndarray:
+    """Check one in-memory split before anything trains on it; return ``y`` as int64 labels."""
+    if y.ndim != 1:
+        raise NasError(
+            f"{what}: y must be one class index per example (1-D), got shape {y.shape}; "
+            f"pass class indices, not one-hot rows (y.argmax(1))"
+        )
+    if len(x) != len(y):
+        raise NasError(
+            f"{what}: x has {len(x)} examples and y {len(y)} labels; give one label per example"
+        )
+    if len(y) == 0:
+        raise NasError(f"{what}: a split is empty; return data in every split")
+    if x.ndim < 2:
+        raise NasError(
+            f"{what}: x must be (examples, features...), got shape {x.shape}; reshape it"
+        )
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise NasError(
+            f"{what}: x holds {bad} NaN or infinite value(s); clean or impute them before "
+            f"the search (training on them gives chance accuracy)"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        try:
+            as_int = y.astype(np.int64)
+        except (TypeError, ValueError):
+            raise NasError(f"{what}: y must be integer class indices, got {y.dtype}") from None
+        if y.dtype.kind not in "fb" or not np.array_equal(as_int, y):
+            raise NasError(
+                f"{what}: y must be integer class indices 0..C-1, got {y.dtype} values like "
+                f"{y.flat[0]!r}; map the labels to class indices"
+            )
+        y = as_int
+    y = y.astype(np.int64)
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise NasError(
+            f"{what}: y holds negative labels (min {low}); labels must be class indices 0..C-1"
+        )
+    distinct = len(np.unique(y))
+    if high >= 100 and high + 1 > 4 * distinct:
+        raise NasError(
+            f"{what}: labels run up to {high} but only {distinct} distinct values occur: they "
+            f"look like ids, not class indices; map them to 0..{distinct - 1}"
+        )
+    return y
 
 
 def _check_part(part: Any, what: str) -> None:
@@ -197,10 +250,15 @@ def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Any, Any, Any]:
         raise NasError(f"dataset {spec!r} must return (train, test) or (train, val, test)")
     for p in parts:
         _check_part(p, f"dataset {spec!r}")
+    names = ["train", "test"] if len(parts) == 2 else ["train", "val", "test"]
+    what = [f"dataset {spec!r} ({n} split)" for n in names]
     if not all(_is_pair(p) for p in parts):
-        parts = [_ArrayDataset(*_as_arrays(p)) if _is_pair(p) else p for p in parts]
+        parts = [
+            _ArrayDataset(*_as_arrays(p, w)) if _is_pair(p) else p
+            for p, w in zip(parts, what, strict=True)
+        ]
     elif cfg.transforms is None:
-        parts = [_as_arrays(p) for p in parts]
+        parts = [_as_arrays(p, w) for p, w in zip(parts, what, strict=True)]
     else:
         raise NasError(
             f"data.transforms applies to Datasets (streamed); dataset {spec!r} returns arrays: "
@@ -242,6 +300,8 @@ def _streamed(cfg: DataConfig, user: tuple[Any, Any, Any] | None) -> Splits:
     classes = streams.num_classes
     if classes is None:
         classes = 1 + int(max(s.labels().max() for s in (train, val, streams.test)))
+    if user is not None:
+        _check_stream(cfg.name, classes, train=train, val=val, test=streams.test)
     first = val.head(1).x
     return Splits(
         train,
@@ -252,6 +312,25 @@ def _streamed(cfg: DataConfig, user: tuple[Any, Any, Any] | None) -> Splits:
         name=cfg.name,
         preprocessing=streams.preprocessing,
     )
+
+
+def _check_stream(spec: str, classes: int, **splits: Any) -> None:
+    """A user's Datasets, before anything trains: labels within the declared classes (when the
+    Dataset knows its ``targets``), and finite values in the first items."""
+    for name, split in splits.items():
+        what = f"dataset {spec!r} ({name} split)"
+        if split.targets is not None and len(split.targets):
+            low, high = int(np.min(split.targets)), int(np.max(split.targets))
+            if low < 0 or high >= classes:
+                raise NasError(
+                    f"{what}: labels run from {low} to {high} but the data has {classes} "
+                    f"classes; labels must be class indices 0..{classes - 1}"
+                )
+        x = split.head(min(16, len(split))).x
+        if not torch.isfinite(x).all():
+            raise NasError(
+                f"{what}: its first items hold NaN or infinite values; clean them before the search"
+            )
 
 
 def load_data(cfg: DataConfig) -> Splits:

@@ -457,6 +457,36 @@ def load_trial(run_dir: Path, number: int, space: str | None = None) -> nn.Modul
 PREFLIGHT_CANDIDATES = 5
 
 
+def check_output(model: nn.Module, splits: Splits, space: str) -> None:
+    """One forward pass on two validation examples, before any training: the model must take
+    the data and return logits of shape (batch, classes)."""
+    x = splits.val.head(2).x.float()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:
+        raise NasError(
+            f"space {space!r}: a model fails on a batch of the data of shape "
+            f"{tuple(x.shape)} ({type(err).__name__}: {err}); make the space take input_shape"
+        ) from None
+    finally:
+        model.train(was_training)
+    want = (len(x), splits.num_classes)
+    if not isinstance(out, torch.Tensor):
+        raise NasError(
+            f"space {space!r}: the model returns {type(out).__name__}, not a tensor of logits; "
+            f"return logits of shape (batch, num_classes)"
+        )
+    if tuple(out.shape) != want:
+        raise NasError(
+            f"space {space!r}: the model returns shape {tuple(out.shape)} for a batch of "
+            f"{len(x)}, expected {want} (the data has {splits.num_classes} classes); end the "
+            f"network with a layer of num_classes outputs (flatten any spatial dimensions)"
+        )
+
+
 def preflight(exp: Experiment, splits: Splits) -> None:
     """Fail fast on bad input before a run folder is touched.
 
@@ -469,7 +499,7 @@ def preflight(exp: Experiment, splits: Splits) -> None:
     space, shape = resolve_space(exp.space.name), splits.input_shape
     techniques = parse_compression(exp.compression)
     reasons: dict[str, str | None] = {t.name: "" for t, _ in techniques}
-    for _ in range(PREFLIGHT_CANDIDATES if techniques else 1):
+    for i in range(PREFLIGHT_CANDIDATES if techniques else 1):
         try:
             model = build_model(
                 space,
@@ -485,6 +515,8 @@ def preflight(exp: Experiment, splits: Splits) -> None:
                 f"space {exp.space.name!r} raised {type(err).__name__}: {err}; fix "
                 f"the space or its args"
             ) from None
+        if i == 0:
+            check_output(model, splits, exp.space.name)
         for tech, _ in techniques:
             if reasons[tech.name] is not None:
                 reasons[tech.name] = tech.not_applicable(model, shape)

@@ -21,7 +21,7 @@ from nas.errors import NasError
 from nas.front import Front, completed_points, explain_no_match
 from nas.pipeline import ExperimentProblem, directions, preflight, resolve_objectives
 from nas.search import SearchSettings, optimize
-from nas.search._storage import check_url, load_study, open_storage
+from nas.search._storage import check_url, load_study, open_storage, read_study, repair_storage
 from nas.search._worker import counts
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -32,6 +32,7 @@ _RESUMABLE = {
     "timeout",
     "threads_per_worker",
     "heartbeat_seconds",
+    "max_rejections",
     "backend",
     "address",
     "cpus_per_trial",
@@ -98,10 +99,14 @@ class Run:
             self._splits = load_data(self.exp.data)
         return self._splits
 
-    def study(self) -> optuna.Study:
+    def study(self, *, writable: bool = False) -> optuna.Study:
+        """The run's study: read-only unless ``writable`` (then created when missing)."""
+        directions = list(self.directions.values())
+        if not writable:
+            return read_study(self.exp.search.storage, self.dir, directions)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(self.exp.search.storage, self.dir)
-        return load_study(storage, list(self.directions.values()), optuna.samplers.RandomSampler())
+        return load_study(storage, directions, optuna.samplers.RandomSampler())
 
     def front(self, where: str | None = None) -> RunFront:
         study = self.study()
@@ -310,9 +315,13 @@ def join(run_dir: str | Path, *, workers: int | None = None, progress: bool = Tr
     ``postgresql://...``) and the run folder on shared storage (trials save weights there).
     """
     r = Run.open(run_dir)
+    if workers is not None and workers < 1:
+        raise NasError(f"--workers must be >= 1, got {workers}")
+    try:
+        r.study()  # joins a search `nas run` started; never creates one
+    except NasError as err:
+        raise NasError(f"{err} (a worker joins the search `nas run` started)") from None
     if workers is not None:
-        if workers < 1:
-            raise NasError(f"--workers must be >= 1, got {workers}")
         search = r.exp.search.model_copy(update={"workers": workers})
         r.exp = r.exp.model_copy(update={"search": search})
     return _search(r, progress=progress)
@@ -320,6 +329,7 @@ def join(run_dir: str | Path, *, workers: int | None = None, progress: bool = Tr
 
 def _search(r: Run, *, progress: bool) -> Run:
     s = r.exp.search
+    repair_storage(s.storage, r.dir)  # a torn journal tail: rewritten before anything appends
     supernet = s.mode == "supernet"
     settings = SearchSettings(
         n_trials=s.trials,
@@ -331,6 +341,7 @@ def _search(r: Run, *, progress: bool) -> Run:
         timeout=s.timeout,
         threads_per_worker=s.threads_per_worker,
         heartbeat_seconds=s.heartbeat_seconds,
+        max_rejections=s.max_rejections,
         backend=s.backend,
         address=s.address,
         cpus_per_trial=s.cpus_per_trial,

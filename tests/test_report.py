@@ -189,7 +189,7 @@ def test_report_of_a_run_without_completed_trials(
     from nas.runs import prepare
 
     run = prepare(experiment(tmp_path), out=tmp_path / "empty")
-    study = run.study()
+    study = run.study(writable=True)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     study.ask()  # left running
     assert main(["report", str(run.dir)]) == 2

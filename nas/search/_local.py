@@ -44,6 +44,7 @@ class SearchSettings:
     timeout: float | None = None
     threads_per_worker: int | None = None
     heartbeat_seconds: int = 10
+    max_rejections: int = 2000  # rejected candidates in a row (per worker) before it stops
     backend: str = "local"  # or "ray": Ray Tune schedules the trials (nas/search/_ray.py)
     address: str | None = None
     cpus_per_trial: float = 1.0
@@ -124,6 +125,7 @@ def _child(
             proposer=_proposer(study, problem, settings, index),
             scheduler=getattr(problem, "scheduler", None),
             warn_exhausted=False,  # the parent's shortfall() says it once, with the counts
+            max_streak=settings.max_rejections,
         )
     except NasError as err:
         messages.put((index, str(err)))
@@ -239,6 +241,7 @@ def optimize(
                     proposer=_proposer(study, problem, settings, 0),
                     scheduler=getattr(problem, "scheduler", None),
                     warn_exhausted=False,  # shortfall() below says it, with the counts
+                    max_streak=settings.max_rejections,
                 )
             except KeyboardInterrupt:
                 recover_stale(study, lock, own=True)

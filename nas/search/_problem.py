@@ -61,19 +61,19 @@ def describe_violation(
     bad = [(n, v) for n, v in violations(constraints, metrics).items() if v > 0]
     if not bad:
         return None
-    parts = []
-    for name, _ in bad:
-        b = constraints[name]
-        rule = " and ".join(
-            s
-            for s in (
-                f">= {b.min:g}" if b.min is not None else "",
-                f"<= {b.max:g}" if b.max is not None else "",
-            )
-            if s
-        )
-        parts.append(f"{name}={metrics[name]:g} breaks {name} {rule}")
-    return "; ".join(parts)
+    return "; ".join(
+        f"{name}={metrics[name]:g} breaks {name} {describe_bound(constraints[name])}"
+        for name, _ in bad
+    )
+
+
+def describe_bound(b: Bound) -> str:
+    """``>= 0.9``, ``<= 2e+06`` or both, joined by ``and``."""
+    rules = (
+        f">= {b.min:g}" if b.min is not None else "",
+        f"<= {b.max:g}" if b.max is not None else "",
+    )
+    return " and ".join(r for r in rules if r)
 
 
 @dataclass(frozen=True)

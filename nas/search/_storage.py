@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
 
-from nas.errors import NasError
+from nas.errors import NasError, NasWarning
+from nas.search._journal import ReadOnlyJournal, check_journal, repair
 
 STUDY_NAME = "nas"
 JOURNAL_FILE = "study.journal"
@@ -44,6 +46,8 @@ def retry_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> No
 
     (The failed trial cannot take attributes any more: the retry records why it exists.)
     """
+    if "sample_seconds" not in trial.user_attrs:  # lost before its candidate was drawn in full:
+        return  # nothing was trained and its params are partial, so no retry is queued
     attrs = {"retry_of": trial.number, "retry_reason": "worker lost (no heartbeat)"}
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
@@ -59,7 +63,8 @@ def open_storage(
     """
     check_url(url)
     if url is None or url.startswith("journal:"):
-        path = run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:"))
+        path = journal_path(url, run_dir)
+        check_journal(path)  # never append to a file that is not a study journal
         path.parent.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
@@ -85,6 +90,57 @@ def open_storage(
         ) from None
 
 
+def journal_path(url: str | None, run_dir: Path) -> Path:
+    """The journal file of a run: ``RUN_DIR/study.journal`` or the ``journal:PATH`` given."""
+    return run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:"))
+
+
+def repair_storage(url: str | None, run_dir: Path) -> None:
+    """Before a search writes: a journal with a torn tail is rewritten from its intact records
+    (backup kept), so that the next write does not land on the torn line."""
+    if url is None or url.startswith("journal:"):
+        done = repair(journal_path(url, run_dir))
+        if done:
+            warnings.warn(done, NasWarning, stacklevel=2)
+
+
+def read_study(url: str | None, run_dir: Path, directions: list[str]) -> optuna.Study:
+    """The run's study, opened read-only: nothing is created, locked or appended to, and a run
+    folder on read-only media reads. A damaged journal is read as far as it is intact, with a
+    warning that says so."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    missing = f"{run_dir} has no study yet"
+    if url is None or url.startswith("journal:"):
+        path = journal_path(url, run_dir)
+        if not path.is_file():
+            raise NasError(f"{missing} ({path} does not exist); run `nas run` first")
+        check_journal(path)
+        backend = ReadOnlyJournal(path)
+        storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(backend)
+        if backend.damage:
+            warnings.warn(
+                f"{backend.damage}: shown as far as it is intact, trials after the damage "
+                f"are missing; `nas doctor {run_dir}` repairs the file",
+                NasWarning,
+                stacklevel=2,
+            )
+    else:
+        if url.startswith("sqlite:///"):
+            db = Path(url.removeprefix("sqlite:///").split("?")[0])
+            if not db.is_file():
+                raise NasError(f"{missing} ({db} does not exist); run `nas run` first")
+        storage = open_storage(url, run_dir)
+    try:
+        study = optuna.load_study(
+            study_name=STUDY_NAME, storage=storage, sampler=optuna.samplers.RandomSampler()
+        )
+    except KeyError:
+        where = redact(url) if url else "its journal"
+        raise NasError(f"{missing} (no study in {where}); run `nas run` first") from None
+    _check_directions(study, directions)
+    return study
+
+
 def load_study(
     storage: optuna.storages.BaseStorage,
     directions: list[str],
@@ -97,10 +153,14 @@ def load_study(
         sampler=sampler,
         load_if_exists=True,
     )
+    _check_directions(study, directions)
+    return study
+
+
+def _check_directions(study: optuna.Study, directions: list[str]) -> None:
     have = [d.name.lower() for d in study.directions]
     if have != directions:
         raise NasError(
             f"the stored study optimises {have}, the experiment asks for {directions}; "
             f"use a new run folder (--out) for different objectives"
         )
-    return study

@@ -29,7 +29,13 @@ from optuna.trial import TrialState
 from nas.config import Bound
 from nas.errors import NasError
 from nas.search._fidelity import MOASHA, Reporter, Stopped
-from nas.search._problem import Problem, Rejected, describe_violation, violations
+from nas.search._problem import (
+    Problem,
+    Rejected,
+    describe_bound,
+    describe_violation,
+    violations,
+)
 from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
 
 MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
@@ -144,12 +150,14 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
             if ident is not None and (ident != me if own else is_alive(ident)):
                 continue
             why = "interrupted" if own else "worker process died"
-            if ident is None:
+            drawn = "sample_seconds" in t.user_attrs  # its candidate was drawn in full
+            if ident is None or not drawn:
                 why = "worker process died while asking"
             study._storage.set_trial_user_attr(t._trial_id, "error", why)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            attrs = {"retry_of": t.number, "retry_reason": why}
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            if drawn:  # else nothing was trained and its params are partial: no retry
+                attrs = {"retry_of": t.number, "retry_reason": why}
+                study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
             recovered.append(t.number)
     return recovered
 
@@ -284,7 +292,19 @@ def _ask(
             sampler.chosen = {}
     if history is not None and chosen is None and params_key(trial.params) in history.seen:
         return trial, None, Rejected("duplicate of a candidate already tried", {})
+    if history is None and params_key(trial.params) in _tried(study, trial.number):
+        # an Optuna sampler's repeat, or a queued retry whose fixed params were incomplete
+        return trial, None, Rejected("duplicate of a candidate already tried", {})
     return trial, candidate, None
+
+
+_TRIED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
+
+
+def _tried(study: optuna.Study, but: int) -> set[str]:
+    """The params of every trial trained, training or rejected, except trial ``but``."""
+    trials = study.get_trials(deepcopy=False, states=_TRIED)
+    return {params_key(t.params) for t in trials if t.number != but and t.params}
 
 
 def run_loop(
@@ -299,8 +319,13 @@ def run_loop(
     proposer: Proposer | None = None,
     scheduler: MOASHA | None = None,
     warn_exhausted: bool = True,
+    max_streak: int | None = None,
 ) -> None:
     """Run trials until ``n_trials`` evaluations are done in the study (all workers together).
+
+    ``max_streak`` candidates rejected in a row (a hard constraint on a static metric, or a
+    duplicate) stop this worker with a :class:`NasError` that names the constraint and the
+    closest value seen: no candidate the sampler finds meets it.
 
     An evaluation is a COMPLETE trial or one the multi-fidelity ``scheduler`` stopped early.
     ``warn_exhausted=False`` leaves saying that the space looks exhausted to a caller that
@@ -308,6 +333,7 @@ def run_loop(
     """
     max_rejected = max_rejected if max_rejected is not None else 20 * n_trials
     failures = _Failures()
+    streak = RejectionStreak(max_streak or 20 * n_trials, problem.constraints)
     while deadline is None or time.time() < deadline:
         with ask_lock(study, lock):
             fail_stale(study)  # trials of workers that went silent, on any host
@@ -340,6 +366,49 @@ def run_loop(
             failures.clear()
         if on_tell is not None:
             on_tell(frozen)
+        streak.add(frozen)
+
+
+@dataclass
+class RejectionStreak:
+    """Candidates rejected in a row, and per constraint how often and how closely it broke."""
+
+    limit: int
+    constraints: Mapping[str, Bound]
+    n: int = 0
+    broken: dict[str, int] = field(default_factory=dict)
+    closest: dict[str, tuple[float, float]] = field(default_factory=dict)  # (excess, value)
+
+    def add(self, t: optuna.trial.FrozenTrial) -> None:
+        if t.state != TrialState.PRUNED or "rejected" not in t.user_attrs:
+            self.n = 0
+            self.broken.clear()
+            self.closest.clear()
+            return
+        self.n += 1
+        metrics = t.user_attrs.get("metrics") or {}
+        for name, excess in violations(self.constraints, metrics).items():
+            if excess > 0:
+                self.broken[name] = self.broken.get(name, 0) + 1
+                if name not in self.closest or excess < self.closest[name][0]:
+                    self.closest[name] = (excess, float(metrics[name]))
+        if self.n >= self.limit:
+            raise NasError(self.message())
+
+    def message(self) -> str:
+        if not self.broken:
+            return (
+                f"{self.n} candidates in a row were duplicates of trials already run: the "
+                f"space looks exhausted; widen it or ask for fewer trials"
+            )
+        name = max(self.broken, key=lambda k: self.broken[k])
+        rule = describe_bound(self.constraints[name])
+        return (
+            f"{self.n} candidates in a row broke a hard constraint, {self.broken[name]} of them "
+            f"{name} {rule} (the closest had {name}={self.closest[name][1]:g}); loosen "
+            f"constraints.{name} or change the space (search.max_rejections={self.limit} "
+            f"sets how many in a row stop the search)"
+        )
 
 
 def _run_trial(

@@ -1,4 +1,5 @@
-"""Trials left RUNNING by a dead process are failed and queued again."""
+"""Trials left RUNNING by a dead process are failed and queued again (when they had drawn their
+candidate in full; else they are failed only, and a retry never trains a duplicate)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def test_a_trial_asked_by_a_process_killed_before_tagging_it_is_retried(tmp_path
     untagged.suggest_int("w", 1, 8)
     mine = study.ask()
     mine.set_user_attr("worker", worker_identity())  # alive: this process
+    mine.set_user_attr("sample_seconds", 0.1)  # its candidate was drawn: a retry trains it
     dead = study.ask()
     dead.set_user_attr("worker", {"host": worker_identity()["host"], "pid": 2**22 + 7})
+    dead.suggest_int("w", 1, 8)
+    dead.set_user_attr("sample_seconds", 0.1)
     lock = tmp_path / ".ask.lock"
     assert recover_stale(study, lock, own=True) == [mine.number]  # Ctrl-C: only our own
     assert sorted(recover_stale(study, lock)) == [untagged.number, dead.number]
@@ -33,9 +37,46 @@ def test_a_trial_asked_by_a_process_killed_before_tagging_it_is_retried(tmp_path
     assert trials[untagged.number].state == TrialState.FAIL
     assert trials[untagged.number].user_attrs["error"] == "worker process died while asking"
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    assert {t.user_attrs["retry_of"] for t in waiting} == {
-        untagged.number,
-        mine.number,
-        dead.number,
-    }
+    # the untagged trial died before its candidate was drawn: nothing to retry
+    assert {t.user_attrs["retry_of"] for t in waiting} == {mine.number, dead.number}
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+class _OneParam:
+    """Four candidates; evaluating one records it (a duplicate would be trained twice)."""
+
+    directions = {"score": "maximize"}
+    constraints: dict = {}
+
+    def __init__(self) -> None:
+        self.trained: list[int] = []
+
+    def sample(self, trial: optuna.Trial) -> int:
+        return trial.suggest_categorical("w", [1, 2, 3, 4])
+
+    def static(self, candidate: int) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, candidate: int, trial: optuna.Trial, report: object) -> dict[str, float]:
+        self.trained.append(candidate)
+        return {"score": float(candidate)}
+
+
+def test_a_kill_between_proposal_and_params_trains_no_duplicate(tmp_path: Path) -> None:
+    from nas.search._worker import run_loop
+
+    study = _study(tmp_path)
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
+    problem = _OneParam()
+    lock = tmp_path / ".ask.lock"
+    run_loop(study, problem, n_trials=3, lock=lock)
+    # a worker killed after its proposal was recorded, before its params were
+    dead = study.ask()
+    dead.set_user_attr("worker", {"host": worker_identity()["host"], "pid": 2**22 + 9})
+    dead.set_user_attr("proposal", {"mode": "random"})
+    assert recover_stale(study, lock) == [dead.number]
+    # an old retry queued with empty params (as earlier versions did) is checked too
+    study.enqueue_trial({}, user_attrs={"retry_of": dead.number}, skip_if_exists=False)
+    run_loop(study, problem, n_trials=4, lock=lock, max_streak=50)
+    assert sorted(problem.trained) == sorted(set(problem.trained)), problem.trained
+    assert len(problem.trained) == 4
