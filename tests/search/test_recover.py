@@ -45,10 +45,9 @@ def test_a_trial_asked_by_a_process_killed_before_tagging_it_is_retried(tmp_path
 class _OneParam:
     """Four candidates; evaluating one records it (a duplicate would be trained twice)."""
 
-    directions = {"score": "maximize"}
-    constraints: dict = {}
-
     def __init__(self) -> None:
+        self.directions = {"score": "maximize"}
+        self.constraints: dict = {}
         self.trained: list[int] = []
 
     def sample(self, trial: optuna.Trial) -> int:
