@@ -540,7 +540,7 @@ def stage_search(family: str, trials: int | None, workers: int | None) -> dict[s
 def _most_cut_conv(run_dir: Path, family: str, trial: dict[str, Any]) -> dict[str, Any] | None:
     """The conv whose output channels slimming cut the most in a trial's saved model, against
     the architecture rebuilt from its params."""
-    from nas.pipeline import load_trial
+    from nas.weights import load_trial
 
     slim = load_trial(run_dir, trial["number"])
     if slim is None:

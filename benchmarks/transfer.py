@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.compression import ARCHS  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
 from nas.data import load_data  # noqa: E402
-from nas.pipeline import save_weights  # noqa: E402
 from nas.space import rebuild, resolve_space  # noqa: E402
 from nas.train import evaluate, train  # noqa: E402
+from nas.weights import save_weights  # noqa: E402
 from search_spaces.pretrained import pretrained  # noqa: E402
 
 ARCH = ARCHS["cnn"]  # the cnn of benchmarks/compression.py (32-64-64 channels)

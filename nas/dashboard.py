@@ -32,8 +32,9 @@ def serve_dashboard(run: Run, port: int = 0, announce: Callable[[str], object] =
 
     if port < 0 or port > 65535:
         raise NasError(f"--port {port} is not a port number; pass 1..65535 or omit it")
-    study = run.study()
+    study = run.study()  # read-only: a run folder without a study is refused, never created
     if study.metric_names is None:
+        study = run.study(writable=True)
         study.set_metric_names(list(run.directions))
     port = port or free_port()
     storage = open_storage(run.exp.search.storage, run.dir)

@@ -30,17 +30,10 @@ from nas.compress import Context
 from nas.compress.fusion import fuse_verified
 from nas.data import Splits
 from nas.errors import NasError
-from nas.pipeline import (
-    CALIBRATION_EXAMPLES,
-    as_deployed,
-    int8_onnx,
-    load_trial,
-    load_weights,
-    module_path,
-    weights_path,
-)
+from nas.pipeline import CALIBRATION_EXAMPLES, as_deployed, int8_onnx
 from nas.search._problem import Point
 from nas.space import rebuild, resolve_space
+from nas.weights import load_trial, load_weights, module_path, weights_path
 from objectives import count_flops, count_params, model_size_bytes
 
 if TYPE_CHECKING:

@@ -132,8 +132,9 @@ class Job:
 def check(run: Run, points: Sequence[Point], epochs: float, start: str) -> None:
     """Bad input, before anything is trained: the epochs, the start, and each model (its params
     must build with the current space code; ``search-weights`` needs stored weights)."""
-    from nas.pipeline import ExperimentProblem, load_trial, weights_path
+    from nas.pipeline import ExperimentProblem
     from nas.search._problem import Rejected
+    from nas.weights import load_trial, weights_path
 
     if not (isinstance(epochs, int | float) and math.isfinite(epochs) and epochs > 0):
         raise NasError(f"--epochs must be > 0, got {epochs}; pass e.g. --epochs 5")

@@ -8,7 +8,6 @@ exported. Cheap metrics come first so that a hard constraint rejects a candidate
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -27,58 +26,11 @@ from nas.data import Split, Splits, load_data
 from nas.errors import NasError
 from nas.search._fidelity import MOASHA
 from nas.search._problem import Rejected
-from nas.space import Space, build_model, resolve_space
+from nas.space import Space, build_model, check_output, resolve_space
 from nas.teacher import LARGEST, check_teacher, teacher_logits
 from nas.train import Criterion, evaluate, seed_everything, total_steps, train
+from nas.weights import save_trial
 from objectives import OBJECTIVES, MeasureContext, Objective
-
-WEIGHTS_DIR = "weights"
-
-
-def weights_path(run_dir: Path, number: int) -> Path:
-    return run_dir / WEIGHTS_DIR / f"trial-{number:05d}.safetensors"
-
-
-def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's parameters and buffers by name, a tensor shared by several layers (parameter
-    sharing) once, under its first name."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, t in model.state_dict(keep_vars=True).items():  # the tensors themselves
-        if id(t) not in seen:
-            seen.add(id(t))
-            out[name] = t
-    return out
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    """safetensors, shared weights stored once; atomic (tmp + rename), so a killed worker never
-    leaves a half file under the name."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in unique_state(model).items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load what :func:`save_weights` wrote into ``model`` (built with the same architecture)."""
-    from safetensors.torch import load_file
-
-    stored = load_file(str(path))
-    want = unique_state(model)
-    missing, extra = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
-    bad = [k for k in want if k in stored and stored[k].shape != want[k].shape]
-    if missing or extra or bad:
-        raise RuntimeError(
-            f"{path} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}, "
-            f"other shapes {bad[:3]}"
-        )
-    with torch.no_grad():
-        for k, t in want.items():
-            t.copy_(stored[k])
-    return model.eval()
 
 
 def resolve_objectives(exp: Experiment) -> dict[str, Objective]:
@@ -169,6 +121,9 @@ class ExperimentProblem:
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Candidate:
         shape = self.data.input_shape
+        # the initial weights: the same trial number and params give the same model in any
+        # process (torch's default seed differs per process)
+        torch.manual_seed(self.exp.search.seed + int(getattr(trial, "number", 0) or 0))
         model = build_model(
             self.space,
             trial,
@@ -418,73 +373,7 @@ def int8_onnx(plain: nn.Module, compression: Mapping[str, Any], ctx: Context) ->
         return Path(path).read_bytes()
 
 
-def module_path(run_dir: Path, number: int) -> Path:
-    return run_dir / WEIGHTS_DIR / f"trial-{number:05d}.pt"
-
-
-def save_trial(model: nn.Module, run_dir: Path, number: int, *, structural: bool) -> None:
-    """Weights as safetensors; a compressed model's whole module too (its shapes changed)."""
-    save_weights(model, weights_path(run_dir, number))
-    if structural:
-        path = module_path(run_dir, number)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(model, tmp)
-        os.replace(tmp, path)
-
-
-def load_trial(run_dir: Path, number: int, space: str | None = None) -> nn.Module | None:
-    """The saved module of a compressed trial (``None`` for an uncompressed one).
-
-    ``space`` (the run's space name) is imported first: a user's ``file.py:fn`` space defines
-    the classes the saved module refers to.
-    """
-    path = module_path(run_dir, number)
-    if not path.is_file():
-        return None
-    if space and ":" in space:
-        resolve_space(space)
-    try:
-        return torch.load(path, weights_only=False).eval()  # our own run folder's file
-    except (ImportError, AttributeError) as err:
-        missing = getattr(err, "name", None) or str(err)
-        raise NasError(
-            f"trial {number}'s saved model ({path}) needs {missing!r}, which does not import "
-            f"here; make the space {space!r} importable (install it or add its folder to "
-            f"PYTHONPATH) and run the command again"
-        ) from None
-
-
 PREFLIGHT_CANDIDATES = 5
-
-
-def check_output(model: nn.Module, splits: Splits, space: str) -> None:
-    """One forward pass on two validation examples, before any training: the model must take
-    the data and return logits of shape (batch, classes)."""
-    x = splits.val.head(2).x.float()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as err:
-        raise NasError(
-            f"space {space!r}: a model fails on a batch of the data of shape "
-            f"{tuple(x.shape)} ({type(err).__name__}: {err}); make the space take input_shape"
-        ) from None
-    finally:
-        model.train(was_training)
-    want = (len(x), splits.num_classes)
-    if not isinstance(out, torch.Tensor):
-        raise NasError(
-            f"space {space!r}: the model returns {type(out).__name__}, not a tensor of logits; "
-            f"return logits of shape (batch, num_classes)"
-        )
-    if tuple(out.shape) != want:
-        raise NasError(
-            f"space {space!r}: the model returns shape {tuple(out.shape)} for a batch of "
-            f"{len(x)}, expected {want} (the data has {splits.num_classes} classes); end the "
-            f"network with a layer of num_classes outputs (flatten any spatial dimensions)"
-        )
 
 
 def preflight(exp: Experiment, splits: Splits) -> None:
@@ -516,7 +405,7 @@ def preflight(exp: Experiment, splits: Splits) -> None:
                 f"the space or its args"
             ) from None
         if i == 0:
-            check_output(model, splits, exp.space.name)
+            check_output(model, splits.val.head(2).x, splits.num_classes, exp.space.name)
         for tech, _ in techniques:
             if reasons[tech.name] is not None:
                 reasons[tech.name] = tech.not_applicable(model, shape)

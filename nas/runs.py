@@ -21,7 +21,15 @@ from nas.errors import NasError
 from nas.front import Front, completed_points, explain_no_match
 from nas.pipeline import ExperimentProblem, directions, preflight, resolve_objectives
 from nas.search import SearchSettings, optimize
-from nas.search._storage import check_url, load_study, open_storage, read_study, repair_storage
+from nas.search._journal import check_journal
+from nas.search._storage import (
+    check_url,
+    journal_path,
+    load_study,
+    open_storage,
+    read_study,
+    repair_storage,
+)
 from nas.search._worker import counts
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -54,7 +62,15 @@ def read_experiment(run_dir: Path) -> Experiment:
             f"{run_dir} is not a run folder (no {EXPERIMENT_FILE}); pass the folder "
             f"that `nas run` created, e.g. runs/<name>"
         )
-    return parse_experiment(yaml.safe_load(path.read_text()), str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise NasError(
+            f"{path} is damaged (invalid YAML: {first}); restore it from the experiment file "
+            f"the run was started with (`nas run EXPERIMENT --out {run_dir}` checks it)"
+        ) from None
+    return parse_experiment(data, str(path))
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -247,6 +263,8 @@ def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -
     exp = with_overrides(load_experiment(path), **search)
     run_dir = Path(out) if out is not None else Path("runs") / (exp.name or Path(path).stem)
     frozen = run_dir / EXPERIMENT_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NasError(f"run folder {run_dir} is a file; pass a folder path with --out")
     if frozen.is_file():
         old = read_experiment(run_dir)
         diff = _first_difference(old.to_dict(), exp.to_dict())
@@ -260,6 +278,8 @@ def prepare(path: str | Path, *, out: str | Path | None = None, **search: Any) -
     resolve_objectives(exp)  # unknown objective / constraint names
     parse_compression(exp.compression)  # unknown techniques, knob ranges outside their domain
     check_url(exp.search.storage)
+    if exp.search.storage and exp.search.storage.startswith("journal:"):
+        check_journal(journal_path(exp.search.storage, run_dir))  # never append to another file
     if exp.search.backend == "ray":
         from nas.search._ray import check_address
 

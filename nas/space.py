@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+import torch
 from torch import nn
 
 from nas.errors import NasError
@@ -69,9 +70,11 @@ def load_callable(spec: str, kind: str) -> Callable[..., Any]:
             # its classes by it, and another process (export, report) must find them again
             digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
             mod_name = f"_nas_user_{path.stem}_{digest}"
-            if mod_name in sys.modules:
-                module = sys.modules[mod_name]
-                fn = getattr(module, attr, None)
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)  # an edited file is imported again
+            cached = sys.modules.get(mod_name)
+            if cached is not None and getattr(cached, "__nas_stamp__", None) == stamp:
+                fn = getattr(cached, attr, None)
                 if callable(fn):
                     return fn
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -79,6 +82,7 @@ def load_callable(spec: str, kind: str) -> Callable[..., Any]:
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
             loader_spec.loader.exec_module(module)
+            module.__nas_stamp__ = stamp  # type: ignore[attr-defined]
         else:
             module = importlib.import_module(target)
     except NasError:
@@ -125,6 +129,36 @@ def build_model(
             f"space returned {type(model).__name__}, not a torch.nn.Module; return the model"
         )
     return model
+
+
+def check_output(model: nn.Module, x: torch.Tensor, num_classes: int, space: str) -> None:
+    """One forward pass on a few examples ``x``, before any training: the model must take the
+    data and return logits of shape (batch, ``num_classes``)."""
+    x = x.float()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:
+        raise NasError(
+            f"space {space!r}: a model fails on a batch of the data of shape "
+            f"{tuple(x.shape)} ({type(err).__name__}: {err}); make the space take input_shape"
+        ) from None
+    finally:
+        model.train(was_training)
+    want = (len(x), num_classes)
+    if not isinstance(out, torch.Tensor):
+        raise NasError(
+            f"space {space!r}: the model returns {type(out).__name__}, not a tensor of logits; "
+            f"return logits of shape (batch, num_classes)"
+        )
+    if tuple(out.shape) != want:
+        raise NasError(
+            f"space {space!r}: the model returns shape {tuple(out.shape)} for a batch of "
+            f"{len(x)}, expected {want} (the data has {num_classes} classes); end the "
+            f"network with a layer of num_classes outputs (flatten any spatial dimensions)"
+        )
 
 
 def rebuild(

@@ -74,8 +74,8 @@ def _load_export(p: Path) -> nn.Module:
         )
     import json
 
-    from nas.pipeline import load_weights
     from nas.space import rebuild_from_config
+    from nas.weights import load_weights
 
     config = json.loads(config_file.read_text())
     if (folder / "model.pt").is_file():

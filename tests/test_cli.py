@@ -176,3 +176,16 @@ def test_unreachable_ray_address_is_one_line_and_writes_nothing(
     out = tmp_path / "run"
     _fails(capsys, ["run", str(exp), "--out", str(out)], "cannot reach the Ray cluster")
     assert not out.exists()
+
+
+def test_a_seeded_one_worker_run_repeats(finished_run: Path, tmp_path: Path) -> None:
+    """README: with workers: 1 a seeded run gives the same candidates, in the same order, with
+    the same metrics."""
+    import nas
+
+    again = nas.run(str(QUICK), out=tmp_path / "again", workers=1, progress=False)
+
+    def trials(study):
+        return [(t.number, t.state.name, t.params, t.values) for t in study.get_trials()]
+
+    assert trials(again.study()) == trials(nas.load(str(finished_run)).study())

@@ -253,7 +253,7 @@ def save_front(run: Run, progress: bool = True) -> list[int]:
     search metrics describe exactly these weights); return the trial numbers saved now."""
     from nas.export import select_points
     from nas.finalize import Replay
-    from nas.pipeline import weights_path
+    from nas.weights import weights_path
 
     say = _sayer(progress)
     rf = run.front()

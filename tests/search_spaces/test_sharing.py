@@ -49,7 +49,7 @@ def test_residual_blocks_of_a_stage_share_one_set_of_weights() -> None:
 def test_weights_file_keeps_the_sharing(tmp_path) -> None:
     from safetensors.torch import save_model
 
-    from nas.pipeline import load_weights
+    from nas.weights import load_weights
 
     shared = _model(True)
     save_model(shared, str(tmp_path / "shared.safetensors"))

@@ -17,11 +17,12 @@ from nas.compress.slimming import Slimming
 from nas.compress.slimming_ops import slimmable_bns
 from nas.export import trial_model
 from nas.finalize import read_finals
-from nas.pipeline import Candidate, Step, weights_path
+from nas.pipeline import Candidate, Step
 from nas.runs import Run
 from nas.space import rebuild, resolve_space
 from nas.supernet.search import SupernetProblem, supernet_dir
 from nas.train import evaluate
+from nas.weights import weights_path
 from search_spaces.elastic import params_of, skeleton
 from tests.conftest import experiment
 
