@@ -189,3 +189,22 @@ def test_a_seeded_one_worker_run_repeats(finished_run: Path, tmp_path: Path) -> 
         return [(t.number, t.state.name, t.params, t.values) for t in study.get_trials()]
 
     assert trials(again.study()) == trials(nas.load(str(finished_run)).study())
+
+
+@pytest.mark.parametrize(("sampler", "workers"), [("nsga2", 1), ("auto", 1), ("random", 2)])
+def test_impossible_constraint_stops_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sampler: str, workers: int
+) -> None:
+    exp = experiment(
+        tmp_path,
+        constraints={"params": {"max": 10}},  # the smallest mlp has 1,210
+        search__trials=100_000,
+        search__max_rejections=40,
+    )
+    argv = ["run", str(exp), "--out", str(tmp_path / "r"), "--sampler", sampler]
+    err = _fails(capsys, [*argv, "--workers", str(workers), "-q"], "40 candidates in a row")
+    import re
+
+    closest = re.search(r"of them params <= 10 \(the closest had params=(\d+)\)", err)
+    assert closest and int(closest.group(1)) >= 1210, err  # 1,210: the smallest candidate
+    assert "search.max_rejections" in err

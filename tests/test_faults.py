@@ -258,3 +258,37 @@ def test_read_only_run_folder_reads(finished_copy: Path, mount_point: Path) -> N
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "read-only" in refused.stderr and "--to" in refused.stderr
     assert {p.name: p.read_bytes() for p in mount_point.iterdir() if p.is_file()} == digest
+
+
+def test_doctor_checks_and_repairs(finished_copy: Path) -> None:
+    cwd, run = finished_copy, finished_copy / RUN
+    assert _nas(cwd, "export", str(RUN), "--best", "accuracy", "-q").returncode == 0
+    healthy = _nas(cwd, "doctor", str(RUN))
+    assert healthy.returncode == 0, healthy.stdout
+    assert "problem" not in healthy.stdout and "exports: all 1 load" in healthy.stdout
+    # damage: a torn study file (the last trial's completion lost: it stays RUNNING, its worker
+    # long dead), a temporary file of a killed writer, an export whose model was overwritten
+    journal = run / "study.journal"
+    journal.write_bytes(journal.read_bytes()[:-25])
+    (run / "weights" / ".trial-00099.safetensors.4242.tmp").write_bytes(b"half")
+    (onnx,) = run.glob("exports/trial-*/model.onnx")
+    onnx.write_bytes(b"not onnx")
+    check = _nas(cwd, "doctor", str(RUN), "--check")
+    assert check.returncode == 1
+    problems = [ln for ln in check.stdout.splitlines() if ln.startswith("problem")]
+    assert len(problems) == 4, check.stdout  # study file, running trial, temp file, export
+    assert (run / "weights" / ".trial-00099.safetensors.4242.tmp").exists()  # --check: no change
+    fixed = _nas(cwd, "doctor", str(RUN))
+    assert fixed.returncode == 1  # the export is left for the user to redo
+    repaired = [ln for ln in fixed.stdout.splitlines() if ln.startswith("repaired")]
+    assert len(repaired) == 3, fixed.stdout
+    assert "exports: 1 of 1 do not verify" in fixed.stdout
+    assert list(run.glob("study.journal.torn-*"))
+    assert not (run / "weights" / ".trial-00099.safetensors.4242.tmp").exists()
+    # the same search command trains the failed trial's params again and completes
+    from tests.conftest import QUICK
+
+    assert _nas(cwd, "run", str(QUICK), "--workers", "1", "-q").returncode == 0
+    _check_done(run, {})
+    shutil.rmtree(onnx.parent)
+    assert _nas(cwd, "doctor", str(RUN)).returncode == 0

@@ -292,19 +292,22 @@ def _ask(
             sampler.chosen = {}
     if history is not None and chosen is None and params_key(trial.params) in history.seen:
         return trial, None, Rejected("duplicate of a candidate already tried", {})
-    if history is None and params_key(trial.params) in _tried(study, trial.number):
-        # an Optuna sampler's repeat, or a queued retry whose fixed params were incomplete
-        return trial, None, Rejected("duplicate of a candidate already tried", {})
+    if history is None:  # an Optuna sampler's repeat, or a retry whose params were incomplete
+        same = _tried(study, trial.number).get(params_key(trial.params))
+        if same is not None:
+            # a repeat of a candidate a constraint rejected breaks it again: say so
+            broke = same.user_attrs.get("metrics") if same.state == TrialState.PRUNED else None
+            return trial, None, Rejected("duplicate of a candidate already tried", broke or {})
     return trial, candidate, None
 
 
 _TRIED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
 
 
-def _tried(study: optuna.Study, but: int) -> set[str]:
-    """The params of every trial trained, training or rejected, except trial ``but``."""
+def _tried(study: optuna.Study, but: int) -> dict[str, optuna.trial.FrozenTrial]:
+    """Every trial trained, training or rejected, except trial ``but``, by its params."""
     trials = study.get_trials(deepcopy=False, states=_TRIED)
-    return {params_key(t.params) for t in trials if t.number != but and t.params}
+    return {params_key(t.params): t for t in trials if t.number != but and t.params}
 
 
 def run_loop(
