@@ -55,6 +55,8 @@ def select_points(run: Run, front: Front, select: str | Sequence[int] | None) ->
             raise NasError(
                 f"--select {select!r}: use front, knee, or trial numbers like '3 7'"
             ) from None
+    if not select:
+        raise NasError("--select selects no model; pass front, knee, or trial numbers like '3 7'")
     if select == "front":
         return list(front.points)
     if select == "knee":

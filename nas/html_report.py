@@ -45,9 +45,15 @@ TOP_PARAMS = 12
 def write_report(run: Run, to: str | Path | None = None) -> Path:
     """Write the run's report (default ``RUN_DIR/report.html``); return its path."""
     path = Path(to) if to is not None else run.dir / "report.html"
-    html = build_report(run)
+    if path.is_dir():
+        raise NasError(
+            f"--to {path} is a folder; pass the HTML file to write, e.g. {path}/report.html"
+        )
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise NasError(f"--to {path}: the report is one HTML file; give a name ending in .html")
     if path.parent and not path.parent.is_dir():
         raise NasError(f"--to {path}: folder {path.parent} does not exist; create it first")
+    html = build_report(run)
     path.write_text(html, encoding="utf-8")
     return path
 

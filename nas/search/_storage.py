@@ -27,6 +27,8 @@ def redact(url: str) -> str:
 
 def check_url(url: str | None) -> None:
     """Validate a storage URL's form without connecting."""
+    if url is not None and url.startswith("journal:") and not url.removeprefix("journal:"):
+        raise NasError("storage 'journal:' names no file; write it as journal:path/study.journal")
     if url is None or url.startswith("journal:"):
         return
     try:
