@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TextIO
@@ -376,16 +378,29 @@ def _show_warning(
 _default_showwarning = warnings.showwarning
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``): stopped as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input)."""
     warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=argv, prog_name="nas", standalone_mode=False)
         if isinstance(code, int) and code:  # a command's click.exceptions.Exit(code)
             return code
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click's form of KeyboardInterrupt
+        if isinstance(e.__cause__ or e.__context__, Terminated):
+            click.echo("terminated (SIGTERM); re-run the same command to resume", err=True)
+            return 143
         click.echo("interrupted; re-run the same command to resume", err=True)
         return 130
     except click.ClickException as e:
@@ -397,11 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a path the user gave that cannot be read or written
         click.echo(f"error: {_os_error(e)}", err=True)
         return 2
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted; completed trials are kept: re-run the same command to resume", err=True
-        )
-        return 130
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        click.echo(f"{why}; completed trials are kept: re-run the same command to resume", err=True)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:
         from nas.export import ExportVerificationError
 

@@ -20,7 +20,7 @@ SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "random", "gp")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Subset(_Strict):
@@ -180,7 +180,7 @@ class ExportConfig(_Strict):
 
 
 class Experiment(_Strict):
-    name: str | None = None
+    name: str | None = None  # the run folder's name: runs/<name>
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     space: SpaceConfig  # from base_model when that is given
@@ -194,6 +194,18 @@ class Experiment(_Strict):
     constraints: dict[str, Bound] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]*", v):
+            raise ValueError(
+                "must be a plain folder name (no / or \\, not starting with a dot): "
+                "it names the run folder runs/<name>; use --out for another place"
+            )
+        return v
 
     @field_validator("space", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ writers (removed).
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,11 +145,13 @@ def _weights(run: Run, study: optuna.Study, note: Callable[[str, str], None]) ->
 
 def _leftovers(run: Run, repair: bool, note: Callable[[str, str], None]) -> None:
     temps = [p for p in run.dir.rglob(".*") if p.is_file() and p.name.endswith((".tmp", ".repair"))]
+    # an export killed midway leaves its hidden build folder (a finished one is renamed)
+    temps += [p for p in run.dir.glob("exports/.trial-*") if p.is_dir()]
     if not temps:
         return
     if repair:
         for p in temps:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         note("repaired", f"removed {len(temps)} temporary file(s) of killed writers")
     else:
         note("problem", f"{len(temps)} temporary file(s) of killed writers, e.g. {temps[0]}")

@@ -292,3 +292,52 @@ def test_doctor_checks_and_repairs(finished_copy: Path) -> None:
     _check_done(run, {})
     shutil.rmtree(onnx.parent)
     assert _nas(cwd, "doctor", str(RUN)).returncode == 0
+
+
+def test_a_lock_left_by_a_writer_killed_mid_record(finished_copy: Path) -> None:
+    """SIGKILL during an append leaves Optuna's lock file and a torn record: the next run must
+    not wait for ever nor append onto the torn line."""
+    from tests.conftest import QUICK
+
+    cwd, run = finished_copy, finished_copy / RUN
+    journal = run / "study.journal"
+    _cut(journal, random.Random(3))
+    before = _complete(run)
+    lock = Path(f"{journal}.lock")
+    os.symlink(f"{journal}.lock-target-of-a-dead-process", lock)
+    old = time.time() - 120
+    os.utime(lock, (old, old), follow_symlinks=False)
+    again = _nas(cwd, "run", str(QUICK), "--workers", "1", "-q")
+    assert again.returncode == 0, again.stderr
+    assert "repaired" in again.stderr and not os.path.lexists(lock)
+    _check_done(run, before)
+
+
+def test_sigterm_stops_the_workers_too(tmp_path: Path) -> None:
+    """`kill PID`, a scheduler's time limit, `docker stop`: the run stops as on Ctrl-C (its
+    workers with it, none left training on its own), says how to resume, exits 143."""
+    experiment(tmp_path, train__epochs=25, search__trials=TRIALS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "--workers", "2", "-q"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    run = tmp_path / RUN
+    worker = _wait(lambda: _running_after(run, 2), proc)
+    os.kill(proc.pid, signal.SIGTERM)  # the driver only
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "re-run the same command" in err
+    assert "Traceback" not in err
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # the worker was stopped with its driver
+    before = _complete(run)
+    assert not [t for t in _trials(run) if t.state == TrialState.RUNNING]
+    again = _nas(tmp_path, "run", "exp.yaml", "--workers", "2", "-q")
+    assert again.returncode == 0, again.stderr
+    _check_done(run, before)

@@ -10,6 +10,7 @@ full disk, a killed copy) is therefore found here before anything reads or write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,9 +99,39 @@ def _record(line: bytes) -> bool:
     return isinstance(value, dict) and "op_code" in value
 
 
+STALE_LOCK_SECONDS = 30  # Optuna's JournalFileSymlinkLock breaks a lock this old (grace_period)
+
+
 def writing(path: Path) -> bool:
-    """Whether a process holds the journal's write lock now."""
-    return os.path.lexists(str(path) + LOCK_SUFFIX)
+    """Whether a process holds the journal's write lock now (a lock older than Optuna's grace
+    period was left by a process killed mid-write)."""
+    age = _lock_age(path)
+    return age is not None and age <= STALE_LOCK_SECONDS
+
+
+def _lock_age(path: Path) -> float | None:
+    try:
+        return time.time() - os.lstat(str(path) + LOCK_SUFFIX).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def wait_for_lock(path: Path, timeout: float = STALE_LOCK_SECONDS + 5) -> bool:
+    """Wait until no process holds the write lock; a lock left by a process killed mid-write
+    (older than Optuna's grace period, which would break it too) is removed. Returns whether
+    the file is free."""
+    t0 = time.monotonic()
+    while True:
+        age = _lock_age(path)
+        if age is None:
+            return True
+        if age > STALE_LOCK_SECONDS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(path) + LOCK_SUFFIX)
+            return True
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.5)
 
 
 def settled_scan(path: Path, wait: float = 0.3) -> Scan:
@@ -134,8 +165,8 @@ def repair(path: Path) -> str | None:
     """Rewrite a damaged journal from its intact records; the original is kept beside it as
     ``study.journal.torn-<UTC time>``. Returns what was done (``None``: nothing to do)."""
     path = Path(path)
-    if not path.is_file() or writing(path):
-        return None
+    if not path.is_file() or not wait_for_lock(path):
+        return None  # a process still writes to it: it is not torn
     check_journal(path)
     s = settled_scan(path)
     if s.intact:

@@ -105,7 +105,8 @@ def _child(
     deadline: float | None,
     messages: mp.Queue,
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and SIGTERM:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it stops its workers (SIGKILL), then exits
     try:
         set_threads(settings.threads())
         pin_gpu(index)
@@ -330,14 +331,14 @@ def _run_workers(
                     continue
                 error = msg or f"worker {i} exited with code {p.exitcode}"
                 for q in procs.values():
-                    q.terminate()
+                    q.kill()  # workers ignore SIGTERM (it is the parent's to handle)
                 for q in procs.values():
                     q.join()
                 procs.clear()
                 break  # the snapshot being iterated is stale now
     except KeyboardInterrupt:
         for q in procs.values():
-            q.terminate()
+            q.kill()
         for q in procs.values():
             q.join()
         recover_stale(study, lock)
