@@ -306,9 +306,29 @@ def _format_error(source: str, err: ValidationError) -> str:
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing":
         msg = "this key is required; add it (see experiments/ for examples)"
+    fix = _FIXES.get(e["type"])
+    if fix:
+        msg = f"{msg}; {fix}"
     got = e.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     return f"{source}: {loc}: {msg}{shown}"
+
+
+# how to fix the pydantic errors whose message says only what is wrong
+_FIXES = {
+    "dict_type": "write a mapping of keys, e.g. {key: value} (see experiments/ for examples)",
+    "model_type": "write a mapping of keys, e.g. {max: 2e6} (see experiments/ for examples)",
+    "list_type": "write a list, e.g. [a, b]",
+    "float_parsing": "give a number",
+    "float_type": "give a number",
+    "int_parsing": "give a whole number",
+    "int_type": "give a whole number",
+    "int_from_float": "give a whole number",
+    "bool_parsing": "give true or false",
+    "bool_type": "give true or false",
+    "string_type": "give a text value (quote it in YAML)",
+    "finite_number": "give a finite number (not .nan or .inf)",
+}
 
 
 def parse_experiment(data: Any, source: str = "experiment") -> Experiment:
