@@ -250,6 +250,15 @@ def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Any, Any, Any]:
         raise NasError(f"dataset {spec!r} must return (train, test) or (train, val, test)")
     for p in parts:
         _check_part(p, f"dataset {spec!r}")
+        if cfg.transforms is None and not _is_pair(p):  # items are used as they are
+            try:
+                torch.as_tensor(p[0][0]).float()
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise NasError(
+                    f"dataset {spec!r}: an item's x is not a tensor ({type(err).__name__}: "
+                    f"{err}); return (tensor, label) items, or set data.transforms to convert "
+                    f"images"
+                ) from None
     names = ["train", "test"] if len(parts) == 2 else ["train", "val", "test"]
     what = [f"dataset {spec!r} ({n} split)" for n in names]
     if not all(_is_pair(p) for p in parts):
@@ -326,7 +335,19 @@ def _check_stream(spec: str, classes: int, **splits: Any) -> None:
                     f"{what}: labels run from {low} to {high} but the data has {classes} "
                     f"classes; labels must be class indices 0..{classes - 1}"
                 )
-        x = split.head(min(16, len(split))).x
+        try:
+            head = split.head(min(16, len(split)))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise NasError(
+                f"{what}: its items do not make a float tensor ({type(err).__name__}: {err}); "
+                f"return (tensor, label) items, or set data.transforms to convert images"
+            ) from None
+        x, y = head.x, head.y
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise NasError(
+                f"{what}: its first items have labels from {int(y.min())} to {int(y.max())} but "
+                f"the data has {classes} classes; labels must be class indices 0..{classes - 1}"
+            )
         if not torch.isfinite(x).all():
             raise NasError(
                 f"{what}: its first items hold NaN or infinite values; clean them before the search"

@@ -51,6 +51,31 @@ def data(fault="none"):
     return (x, y), (x[:30], y[:30])
 """
 
+USER_DATASET = """
+import torch
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        if self.kind == "str":
+            return "pixels", i % 3
+        if self.kind == "nan":
+            return torch.full((1, 8, 8), float("nan")), i % 3
+        if self.kind == "negative":
+            return torch.zeros(1, 8, 8), -1
+        return torch.zeros(1, 8, 8), i % 3
+
+
+def data(kind="ok"):
+    return Items(kind), Items("ok")
+"""
+
 USER_SPACE = """
 import math
 
@@ -148,6 +173,13 @@ def _user_data(fault: str, **changes: object) -> Setup:
     return _all(
         _text("mydata.py", USER_DATA),
         _exp({"data": {"name": "mydata.py:data", "args": {"fault": fault}}, **changes}),
+    )
+
+
+def _user_items(kind: str) -> Setup:
+    return _all(
+        _text("myitems.py", USER_DATASET),
+        _exp({"data": {"name": "myitems.py:data", "args": {"kind": kind}}}),
     )
 
 
@@ -325,6 +357,9 @@ CASES: list[tuple[str, Setup | None, list[str], tuple[str, ...]]] = [
     ("data-empty", _user_data("empty"), ["run", "exp.yaml"], ("empty",)),
     ("data-not-pairs", _user_data("one"), ["run", "exp.yaml"], ("(x, y) pair",)),
     ("data-strings", _user_data("strings"), ["run", "exp.yaml"], ("numeric",)),
+    ("data-items-not-tensors", _user_items("str"), ["run", "exp.yaml"], ("not a tensor",)),
+    ("data-items-nan", _user_items("nan"), ["run", "exp.yaml"], ("NaN", "train split")),
+    ("data-items-negative", _user_items("negative"), ["run", "exp.yaml"], ("labels from -1",)),
     ("data-bad-arg", _user_data("none", data__args={"nope": 1}), ["run", "exp.yaml"], ("nope",)),
     (
         "data-missing-file",
