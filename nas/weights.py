@@ -76,22 +76,26 @@ def save_trial(model: nn.Module, run_dir: Path, number: int, *, structural: bool
 
 
 def load_trial(run_dir: Path, number: int, space: str | None = None) -> nn.Module | None:
-    """The saved module of a compressed trial (``None`` for an uncompressed one).
+    """The saved module of a compressed trial (``None`` for an uncompressed one); see
+    :func:`load_module`."""
+    path = module_path(run_dir, number)
+    return load_module(path, space) if path.is_file() else None
+
+
+def load_module(path: Path, space: str | None) -> nn.Module:
+    """A module saved whole (a trial's, an export's ``model.pt``), in eval mode.
 
     ``space`` (the run's space name) is imported first: a user's ``file.py:fn`` space defines
     the classes the saved module refers to.
     """
-    path = module_path(run_dir, number)
-    if not path.is_file():
-        return None
     if space and ":" in space:
         resolve_space(space)
     try:
-        return torch.load(path, weights_only=False).eval()  # our own run folder's file
+        return torch.load(path, weights_only=False).eval()  # a run folder's or an export's file
     except (ImportError, AttributeError) as err:
         missing = getattr(err, "name", None) or str(err)
         raise NasError(
-            f"trial {number}'s saved model ({path}) needs {missing!r}, which does not import "
-            f"here; make the space {space!r} importable (install it or add its folder to "
-            f"PYTHONPATH) and run the command again"
+            f"the saved model {path} needs {missing!r}, which does not import here; make the "
+            f"space {space!r} importable (install it or add its folder to PYTHONPATH) and run "
+            f"the command again"
         ) from None

@@ -75,11 +75,11 @@ def _load_export(p: Path) -> nn.Module:
     import json
 
     from nas.space import rebuild_from_config
-    from nas.weights import load_weights
+    from nas.weights import load_module, load_weights
 
     config = json.loads(config_file.read_text())
-    if (folder / "model.pt").is_file():
-        return as_float(torch.load(folder / "model.pt", weights_only=False)).eval()
+    if (folder / "model.pt").is_file():  # its space imported first: it may define the classes
+        return as_float(load_module(folder / "model.pt", config.get("space"))).eval()
     model = rebuild_from_config(config)
     weights = p if p.suffix == ".safetensors" else folder / "weights.safetensors"
     return load_weights(model, weights)
