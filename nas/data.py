@@ -239,7 +239,7 @@ class _ArrayDataset(torch.utils.data.Dataset):
 
 def _user_dataset(spec: str, cfg: DataConfig) -> tuple[Any, Any, Any]:
     """A user's splits: arrays when every split is an (x, y) pair, else Datasets (streamed)."""
-    from nas.space import load_callable
+    from nas.user_code import load_callable
 
     fn = load_callable(spec, "dataset")
     try:

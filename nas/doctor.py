@@ -158,7 +158,7 @@ def _leftovers(run: Run, repair: bool, note: Callable[[str, str], None]) -> None
 
 
 def _exports(run: Run, note: Callable[[str, str], None]) -> None:
-    from nas import onnx_utils
+    import nas.onnx_utils as onnx_utils
 
     folders = sorted(p for p in (run.dir / "exports").glob("trial-*") if p.is_dir())
     if not folders:

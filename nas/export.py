@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from nas import onnx_utils
+import nas.onnx_utils as onnx_utils
 from nas.compress import Context
 from nas.compress.fusion import fuse_verified
 from nas.data import Splits

@@ -599,9 +599,12 @@ def _summary(items: Sequence[tuple[str, str]], run_dir: Path) -> str:
 
 
 def _version() -> str:
-    import nas
+    from importlib.metadata import PackageNotFoundError, version
 
-    return nas.__version__
+    try:
+        return version("nas")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:

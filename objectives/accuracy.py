@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from nas import onnx_utils
+import nas.onnx_utils as onnx_utils
 from nas.errors import NasError
 from nas.train import evaluate
 from objectives.base import MeasureContext, Objective

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas import onnx_utils
+import nas.onnx_utils as onnx_utils
 from nas.errors import NasError
 from objectives.base import MeasureContext, Objective
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from nas import onnx_utils
 from nas.errors import NasError
-from nas.space import build_model, list_spaces, load_callable, rebuild, resolve_space
+from nas.space import build_model, list_spaces, rebuild, resolve_space
+from nas.user_code import load_callable
 from search_spaces import MODEL_ZOO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -445,7 +445,7 @@ def export_int8(
         quantize_static,
     )
 
-    from nas import onnx_utils
+    import nas.onnx_utils as onnx_utils
 
     input_shape = tuple(input_shape)
     if calib_x.dim() != len(input_shape) + 1 or tuple(calib_x.shape[1:]) != input_shape:
@@ -494,7 +494,7 @@ def export_int8_dynamic(model: nn.Module, input_shape: tuple[int, ...], path: st
     per-tensor symmetric int8 weights, activation ranges computed at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from nas import onnx_utils
+    import nas.onnx_utils as onnx_utils
     from nas.compress.fusion import fold_bn
 
     path = Path(path)

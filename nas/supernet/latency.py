@@ -102,7 +102,7 @@ class _Empty(nn.Module):
 
 def measure(module: nn.Module, shape: tuple, batch_size: int = 1, repeats: int = 50) -> float:
     """Latency (ms) of ``module`` exported to ONNX: onnxruntime, 1 thread, warmed up, median."""
-    from nas import onnx_utils
+    import nas.onnx_utils as onnx_utils
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = Path(tmp) / "piece.onnx"
