@@ -326,9 +326,9 @@ def plot(front: list[dict], base: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from nas.finalize import read_finals
     from nas.front import cost_disagreements
     from nas.report import describe_compression
+    from nas.run_folder import read_finals
     from nas.runs import Run
     from objectives import count_flops, count_params, model_size_bytes
 
@@ -399,7 +399,7 @@ def main() -> None:
 
     # 5. latency, every model in one interleaved pass
     from nas.export import trial_model
-    from nas.finalize import final_root
+    from nas.run_folder import final_root
 
     models: dict[str, nn.Module] = {}
     for p in front_points:

@@ -68,7 +68,7 @@ def arm(experiment: Path, out: Path, extra: list[str]) -> float:
 def fronts(sn_dir: Path, sc_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """Each arm's front models: test accuracy, multiply-adds, the model itself."""
     from nas.export import trial_model
-    from nas.finalize import final_root, read_finals
+    from nas.run_folder import final_root, read_finals
     from nas.runs import Run
 
     out: dict[str, list[dict[str, Any]]] = {}

@@ -38,7 +38,7 @@ from objectives import count_flops, count_params, model_size_bytes
 
 if TYPE_CHECKING:
     from nas.front import Front
-    from nas.runs import Run
+    from nas.run_folder import RunFolder as Run
 
 
 class ExportVerificationError(RuntimeError):
@@ -122,7 +122,7 @@ def latencies(path: Path, input_shape: tuple[int, ...], batches: Sequence[int]) 
 def _weights_source(run: Run, number: int) -> tuple[dict[str, Any] | None, Path]:
     """A trial's ``nas finalize`` record (or None) and the folder its exported weights come
     from: ``RUN_DIR/final`` once finalized, else the run folder."""
-    from nas.finalize import final_root, read_final
+    from nas.run_folder import final_root, read_final
 
     final = read_final(run.dir, number)
     return final, final_root(run.dir) if final else run.dir

@@ -36,46 +36,15 @@ import optuna
 import torch
 
 from nas.errors import NasError
+from nas.run_folder import LATENCY_BATCHES, LATENCY_KEY, final_root, read_finals, record_file
 
 if TYPE_CHECKING:
-    from nas.runs import Run
+    from nas.run_folder import RunFolder as Run
     from nas.search._problem import Point
 
-FINAL_DIR = "final"
 STARTS = ("scratch", "search-weights")
 # compression whose exact values a further fine-tune would break: finalize these from scratch
 _KEEP_EXACT = ("weight_sharing", "deep_compression", "binarize")
-LATENCY_BATCHES = (1, 64)
-LATENCY_KEY = f"latency_ms_batch{LATENCY_BATCHES[0]}"
-
-
-def final_root(run_dir: Path) -> Path:
-    """Where finalized models live (``weights/`` below it mirrors the run folder's)."""
-    return Path(run_dir) / FINAL_DIR
-
-
-def _record_file(root: Path, number: int) -> Path:
-    return Path(root) / f"trial-{number:05d}.json"
-
-
-def record_path(run_dir: Path, number: int) -> Path:
-    """A finalized model's record (written last: its presence marks the model finalized)."""
-    return _record_file(final_root(run_dir), number)
-
-
-def read_final(run_dir: Path, number: int) -> dict[str, Any] | None:
-    """The record of trial ``number`` when ``nas finalize`` made one, else ``None``."""
-    path = record_path(run_dir, number)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_finals(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Every finalized model of a run: trial number -> its record."""
-    out = {}
-    for path in sorted(final_root(run_dir).glob("trial-*.json")):
-        rec = json.loads(path.read_text())
-        out[int(rec["trial"])] = rec
-    return out
 
 
 class Replay(optuna.trial.FixedTrial):
@@ -287,7 +256,7 @@ def _say(message: str) -> None:
 
 
 def _write_record(root: Path, rec: dict[str, Any]) -> None:
-    path = _record_file(root, int(rec["trial"]))
+    path = record_file(root, int(rec["trial"]))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=2))
     os.replace(tmp, path)
@@ -297,12 +266,12 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
     """Train, compress, measure and save one model (runs in a worker process)."""
     from nas.data import final_splits
     from nas.pipeline import ExperimentProblem
-    from nas.runs import Run
+    from nas.run_folder import RunFolder
     from nas.search._local import set_threads
 
     set_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = Run.open(job.run_dir)
+    run = RunFolder.open(job.run_dir)
     exp = run.exp.model_copy(
         update={
             "train": run.exp.train.model_copy(update={"epochs": job.epochs, "steps": None}),

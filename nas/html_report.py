@@ -328,9 +328,9 @@ def _front_table(front: Front, why: Mapping[int, str], knee: int) -> str:
 
 def _finalized_section(run: Run, front: Front) -> list[str]:
     """Front models retrained by ``nas finalize``: search-time vs final metrics, side by side."""
-    from nas.finalize import LATENCY_BATCHES, read_finals
     from nas.front import final_cost_disagreements
     from nas.report import FINAL, describe_budget
+    from nas.run_folder import LATENCY_BATCHES, read_finals
 
     every = read_finals(run.dir)
     finals = {p.number: every[p.number] for p in front.points if p.number in every}

@@ -87,8 +87,8 @@ def front_table(
     record) adds ``final <objective>`` columns, and a ``costs disagree`` column flags models whose
     multiply-adds and measured latency tell different stories.
     """
-    from nas.finalize import LATENCY_KEY
     from nas.front import final_cost_disagreements
+    from nas.run_folder import LATENCY_KEY
 
     finals = {n: r for n, r in (finals or {}).items() if n in {p.number for p in front.points}}
     knee = front.knee().number if front.points else None

@@ -11,28 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import yaml
 
 from nas.compress import parse_compression
 from nas.config import Experiment, load_experiment, parse_experiment
-from nas.data import Splits, load_data
+from nas.data import load_data
 from nas.errors import NasError
-from nas.front import Front, completed_points, explain_no_match
-from nas.pipeline import ExperimentProblem, directions, preflight, resolve_objectives
+from nas.front import Front
+from nas.pipeline import ExperimentProblem, preflight, resolve_objectives
+from nas.run_folder import EXPERIMENT_FILE, RunFolder, read_experiment
 from nas.search import SearchSettings, optimize
 from nas.search._journal import check_journal
 from nas.search._storage import (
     check_url,
     journal_path,
-    load_study,
     open_storage,
-    read_study,
     repair_storage,
 )
-from nas.search._worker import counts
 
-EXPERIMENT_FILE = "experiment.yaml"
 # keys that may change between invocations of the same run (they do not change its results)
 _RESUMABLE = {
     "trials",
@@ -55,24 +51,6 @@ def problem_from_run_dir(run_dir: Path) -> ExperimentProblem:
     return problem(read_experiment(run_dir), run_dir)
 
 
-def read_experiment(run_dir: Path) -> Experiment:
-    path = Path(run_dir) / EXPERIMENT_FILE
-    if not path.is_file():
-        raise NasError(
-            f"{run_dir} is not a run folder (no {EXPERIMENT_FILE}); pass the folder "
-            f"that `nas run` created, e.g. runs/<name>"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise NasError(
-            f"{path} is damaged (invalid YAML: {first}); restore it from the experiment file "
-            f"the run was started with (`nas run EXPERIMENT --out {run_dir}` checks it)"
-        ) from None
-    return parse_experiment(data, str(path))
-
-
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
@@ -93,56 +71,12 @@ def with_overrides(exp: Experiment, **search: Any) -> Experiment:
 
 
 @dataclass
-class Run:
+class Run(RunFolder):
     """A run folder. ``Run.open(dir)`` for an existing one, :func:`nas.run` to search."""
 
-    dir: Path
-    exp: Experiment
-    _splits: Splits | None = None
-
-    @classmethod
-    def open(cls, run_dir: str | Path) -> Run:
-        d = Path(run_dir)
-        return cls(d, read_experiment(d))
-
-    @property
-    def directions(self) -> dict[str, str]:
-        return directions(self.exp)
-
-    @property
-    def splits(self) -> Splits:
-        if self._splits is None:
-            self._splits = load_data(self.exp.data)
-        return self._splits
-
-    def study(self, *, writable: bool = False) -> optuna.Study:
-        """The run's study: read-only unless ``writable`` (then created when missing)."""
-        directions = list(self.directions.values())
-        if not writable:
-            return read_study(self.exp.search.storage, self.dir, directions)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(self.exp.search.storage, self.dir)
-        return load_study(storage, directions, optuna.samplers.RandomSampler())
-
     def front(self, where: str | None = None) -> RunFront:
-        study = self.study()
-        front = Front.from_study(study, self.directions, where)
-        if not front.candidates:
-            feasible, infeasible = completed_points(study)
-            if where and feasible:
-                known = sorted({k for p in feasible + infeasible for k in p.metrics})
-                raise NasError(explain_no_match(where, feasible, known))
-            c = counts(study)
-            if not (c.complete):
-                raise NasError(
-                    f"{self.dir} has no completed trial ({c.running} running, "
-                    f"{c.failed} failed, {c.rejected} rejected); run `nas run` first"
-                )
-            raise NasError(
-                f"no feasible trial in {self.dir} ({c.complete} completed, each breaks a "
-                f"constraint); loosen the experiment's constraints or run more trials"
-            )
-        return RunFront(self, front)
+        """The feasible front (``where`` filters it first); NasError when it is empty."""
+        return RunFront(self, self.feasible_front(where))
 
     def write_front(self) -> RunFront:
         rf = self.front()
@@ -203,7 +137,7 @@ class RunFront:
     def finals(self) -> dict[int, dict[str, Any]]:
         """The finalized models of the run (trial -> record: ``metrics``, ``search_metrics``,
         ``epochs``, ``from``); see :meth:`finalize`."""
-        from nas.finalize import read_finals
+        from nas.run_folder import read_finals
 
         return read_finals(self.run.dir)
 

@@ -13,8 +13,8 @@ import nas
 from nas.cli import main
 from nas.data import final_splits, load_data
 from nas.export import trial_model
-from nas.finalize import final_root, read_finals, record_path
 from nas.front import cost_disagreements
+from nas.run_folder import final_root, read_finals, record_path
 from nas.runs import Run
 from tests.conftest import experiment
 

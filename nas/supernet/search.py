@@ -55,7 +55,7 @@ from nas.supernet.train import CHECKPOINT, recalibrate_bn, train_supernet
 if TYPE_CHECKING:
     from nas.config import Experiment
     from nas.data import Splits
-    from nas.runs import Run
+    from nas.run_folder import RunFolder as Run
 
 SUPERNET_DIR = "supernet"
 LATENCY_TABLE = "latency_table.json"
@@ -256,8 +256,7 @@ def save_front(run: Run, progress: bool = True) -> list[int]:
     from nas.weights import weights_path
 
     say = _sayer(progress)
-    rf = run.front()
-    points = select_points(run, rf.front, "front")
+    points = select_points(run, run.feasible_front(), "front")
     todo = [p for p in points if not weights_path(run.dir, p.number).is_file()]
     if not todo:
         return []
@@ -363,7 +362,11 @@ def after_search(run: Run, progress: bool = True) -> None:
     save_front(run, progress)
     finetune = run.exp.search.supernet.finetune
     if finetune > 0:
-        run.front().finalize(epochs=finetune, start="search-weights", progress=progress)
+        from nas.export import select_points
+        from nas.finalize import finalize
+
+        points = select_points(run, run.feasible_front(), "front")
+        finalize(run, points, epochs=finetune, start="search-weights", progress=progress)
     predictors(run, progress)
 
 

@@ -93,7 +93,7 @@ def test_bad_teacher_is_one_line_and_writes_nothing(
 
 def test_finalize_distils_from_a_teacher_trained_on_the_final_split(tmp_path: Path) -> None:
     from nas.data import final_splits
-    from nas.finalize import final_root
+    from nas.run_folder import final_root
 
     run = nas.run(str(_distill_exp(tmp_path)), out=tmp_path / "run", progress=False)
     best = run.front().best("accuracy")

@@ -16,8 +16,8 @@ from nas.cli import main
 from nas.compress.slimming import Slimming
 from nas.compress.slimming_ops import slimmable_bns
 from nas.export import trial_model
-from nas.finalize import read_finals
 from nas.pipeline import Candidate, Step
+from nas.run_folder import read_finals
 from nas.runs import Run
 from nas.space import rebuild, resolve_space
 from nas.supernet.search import SupernetProblem, supernet_dir
@@ -149,9 +149,10 @@ def test_export_and_resume_work_as_for_any_run(supernet_run: Path, tmp_path: Pat
     assert main(["export", str(run_dir), "--select", "knee", "--to", str(out), "-q"]) == 0
     assert list(out.glob("*/model.onnx")) or list(out.glob("model.onnx"))
     # the same command again: nothing retrained, nothing rescored
+    trials = len(nas.load(str(run_dir)).study().trials)
     r = nas.run(str(supernet_run.parent / "exp.yaml"), out=run_dir, workers=1, progress=False)
     assert (supernet_dir(run_dir) / "supernet.pt").stat().st_mtime_ns == before
-    assert len(r.study().trials) == 24
+    assert len(r.study().trials) == trials
 
 
 @pytest.mark.parametrize(
