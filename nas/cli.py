@@ -125,12 +125,13 @@ def front(run_dir: Path, where: str | None, best: str | None, knee: bool, as_jso
     \b
       nas front runs/fashion-mnist --best accuracy --where "latency_ms <= 1"
     """
+    from nas.plots import plot_front
     from nas.runs import Run
 
     rf = Run.open(run_dir).front(where)
     chosen = rf.select(best=best, knee=knee)
     try:
-        png = f"{rf.front.plot(run_dir / 'pareto.png')}"
+        png = f"{plot_front(rf.front, run_dir / 'pareto.png')}"
     except OSError as e:  # a run folder on read-only media still shows its front
         png = f"not written ({e.strerror})"
     if as_json:

@@ -93,8 +93,7 @@ def _study_file(run: Run, repair: bool, note: Callable[[str, str], None]) -> Non
 
 
 def _running(run: Run, study: optuna.Study, repair: bool, note: Callable[[str, str], None]) -> None:
-    from nas.search._local import LOCK_FILE
-    from nas.search._worker import counts, is_alive, recover_stale
+    from nas.search._worker import LOCK_FILE, counts, is_alive, recover_stale
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [t.number for t in running if not is_alive(t.user_attrs.get("worker") or {})]
@@ -119,8 +118,8 @@ def _running(run: Run, study: optuna.Study, repair: bool, note: Callable[[str, s
 
 
 def _weights(run: Run, study: optuna.Study, note: Callable[[str, str], None]) -> None:
-    from nas.export import trial_model
     from nas.front import Front
+    from nas.run_folder import trial_model
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     points = {p.number: p for p in Front.from_study(study, run.directions).candidates}

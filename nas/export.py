@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 import nas.onnx_utils as onnx_utils
-from nas.compress import Context
+from nas.compress import Context, as_deployed
 from nas.compress.fusion import fuse_verified
 from nas.data import Splits
-from nas.errors import NasError
-from nas.pipeline import CALIBRATION_EXAMPLES, as_deployed, int8_onnx
+from nas.pipeline import CALIBRATION_EXAMPLES, int8_onnx
+from nas.run_folder import select_points, trial_model
 from nas.search._problem import Point
-from nas.space import rebuild, resolve_space
-from nas.weights import load_trial, load_weights, module_path, weights_path
+from nas.space import rebuild_from_config
+from nas.weights import module_path, weights_path
 from objectives import count_flops, count_params, model_size_bytes
 
 if TYPE_CHECKING:
@@ -43,57 +43,6 @@ if TYPE_CHECKING:
 
 class ExportVerificationError(RuntimeError):
     """The exported model does not reproduce the recorded accuracy."""
-
-
-def select_points(run: Run, front: Front, select: str | Sequence[int] | None) -> list[Point]:
-    """``front`` (default), ``knee``, or trial numbers (any completed feasible trial)."""
-    select = select if select is not None else run.exp.export.select
-    if isinstance(select, str) and select not in ("front", "knee"):
-        try:
-            select = [int(s) for s in select.replace(",", " ").split()]
-        except ValueError:
-            raise NasError(
-                f"--select {select!r}: use front, knee, or trial numbers like '3 7'"
-            ) from None
-    if not select:
-        raise NasError("--select selects no model; pass front, knee, or trial numbers like '3 7'")
-    if select == "front":
-        return list(front.points)
-    if select == "knee":
-        return [front.knee()]
-    by_number = {p.number: p for p in front.candidates}
-    missing = [n for n in select if n not in by_number]
-    if missing:
-        raise NasError(
-            f"--select: trial(s) {missing} are not completed feasible trials of "
-            f"{run.dir}; `nas front` lists the trials"
-        )
-    return [by_number[n] for n in select]
-
-
-def trial_model(run: Run, p: Point, root: Path | None = None) -> nn.Module:
-    """The trained model of a completed trial, as saved in the run folder (``root``: another
-    folder laid out the same way, e.g. ``RUN_DIR/final`` for a finalized model)."""
-    root = run.dir if root is None else root
-    # a compressed trial's module (its shapes changed)
-    model = load_trial(root, p.number, run.exp.space.name)
-    if model is not None:
-        return model
-    src = weights_path(root, p.number)
-    if not src.is_file():
-        raise NasError(
-            f"weights of trial {p.number} are missing ({src}); re-run the search so "
-            f"the trial is trained again"
-        )
-    splits = run.splits
-    model = rebuild(
-        resolve_space(run.exp.space.name),
-        p.params,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
-        args=run.exp.space.args,
-    )
-    return load_weights(model, src)
 
 
 def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path, dict[str, Any]]:
@@ -327,3 +276,18 @@ def _cost_agreement(run: Run, front: Front, records: list[dict[str, Any]]) -> di
     return {
         n: msg for n, msg in cost_disagreements(rows).items() if n in {r["trial"] for r in records}
     }
+
+
+def load_dc(folder: str | Path) -> nn.Module:
+    """The model of an export folder's ``model.dc``, rebuilt from its ``config.json``."""
+    from nas.compress.dc_format import DCFormatError, decode
+
+    folder = Path(folder)
+    dc, config_file = folder / "model.dc", folder / "config.json"
+    if not dc.is_file() or not config_file.is_file():
+        raise DCFormatError(
+            f"{folder} has no model.dc and config.json; pass a folder that `nas export` wrote "
+            "for a deep_compression trial"
+        )
+    config = json.loads(config_file.read_text())
+    return decode(dc.read_bytes(), rebuild_from_config(config))

@@ -241,7 +241,8 @@ def _time_final(run: Run, p: Point, rec: dict[str, Any]) -> dict[str, Any]:
     """Add the deployed model's onnxruntime latencies to a finalized model's record."""
     import tempfile
 
-    from nas.export import deployed_onnx, latencies, trial_model
+    from nas.export import deployed_onnx, latencies
+    from nas.run_folder import trial_model
 
     model = trial_model(run, p, final_root(run.dir))
     with tempfile.TemporaryDirectory() as tmp:
@@ -306,8 +307,8 @@ def finalize_one(job: Job, progress: bool = True) -> dict[str, Any]:
 
 def _continue_training(run: Run, problem: Any, job: Job) -> tuple[torch.nn.Module, dict]:
     """``search-weights``: the trial's saved model trained further; zeros stay zero."""
-    from nas.export import trial_model
     from nas.pipeline import finetune_config
+    from nas.run_folder import trial_model
     from nas.search._problem import Point
     from nas.train import train
 

@@ -363,11 +363,6 @@ class Front:
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2))
 
-    def plot(self, path: Path, title: str = "") -> Path:
-        from nas.plots import plot_front
-
-        return plot_front(self, path, title)
-
     def __len__(self) -> int:
         return len(self.points)
 

@@ -430,7 +430,7 @@ def _sensitivity_section(run: Run, front: Front) -> list[str]:
     if "quantize" not in run.exp.compression:
         return []
     from nas.compress.quant_ops import sensitivity
-    from nas.export import trial_model
+    from nas.run_folder import trial_model
 
     knee = front.knee()
     val = run.splits.val.head(2000)

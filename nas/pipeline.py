@@ -19,7 +19,7 @@ import optuna
 import torch
 from torch import nn
 
-from nas.compress import Context, Settings, Technique, parse_compression
+from nas.compress import Context, Criterion, Settings, Technique, as_deployed, parse_compression
 from nas.compress.distill import TEACHER_LOGITS
 from nas.config import Bound, Experiment, TrainConfig
 from nas.data import Split, Splits, load_data
@@ -28,21 +28,15 @@ from nas.search._fidelity import MOASHA
 from nas.search._problem import Rejected
 from nas.space import Space, build_model, check_output, resolve_space
 from nas.teacher import LARGEST, check_teacher, teacher_logits
-from nas.train import Criterion, evaluate, seed_everything, total_steps, train
+from nas.train import evaluate, seed_everything, total_steps, train
 from nas.weights import save_trial
-from objectives import OBJECTIVES, MeasureContext, Objective
+from objectives import OBJECTIVES, MeasureContext, Objective, directions
 
 
 def resolve_objectives(exp: Experiment) -> dict[str, Objective]:
     """Every metric the search measures: the objectives, then constrained metrics not among them."""
     names = list(exp.objectives) + [c for c in exp.constraints if c not in exp.objectives]
     return {n: OBJECTIVES.get(n) for n in names}
-
-
-def directions(exp: Experiment) -> dict[str, str]:
-    return {
-        n: (spec.direction or OBJECTIVES.get(n).direction) for n, spec in exp.objectives.items()
-    }
 
 
 CALIBRATION_EXAMPLES = 512
@@ -326,17 +320,6 @@ def finish_sparse(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module
 
         model.nas_encoded_bytes = len(encode(model))  # type: ignore[assignment]
     return model
-
-
-def as_deployed(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module:
-    """The float model that is exported: fake-quant removed (weights at their quantized values,
-    ``weight_bits`` kept for ``size_bytes``). Metrics are measured on this, never on QAT wrappers.
-    """
-    if "quantize" not in compression:
-        return model
-    from nas.compress.quant_ops import strip_qat
-
-    return strip_qat(model)
 
 
 def finetune_config(cfg: TrainConfig, epochs: float) -> TrainConfig:

@@ -8,20 +8,25 @@ Below the top floor: export, finalize and supernet take a :class:`RunFolder`; ``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import optuna
 import yaml
+from torch import nn
 
 from nas.config import Experiment, parse_experiment
 from nas.data import Splits, load_data
 from nas.errors import NasError
 from nas.front import Front, completed_points, explain_no_match
-from nas.pipeline import directions
+from nas.search._problem import Point
 from nas.search._storage import load_study, open_storage, read_study
 from nas.search._worker import counts
+from nas.space import rebuild, resolve_space
+from nas.weights import load_trial, load_weights, weights_path
+from objectives import directions
 
 EXPERIMENT_FILE = "experiment.yaml"
 FINAL_DIR = "final"
@@ -130,3 +135,54 @@ def read_finals(run_dir: Path) -> dict[int, dict[str, Any]]:
         rec = json.loads(path.read_text())
         out[int(rec["trial"])] = rec
     return out
+
+
+def select_points(run: RunFolder, front: Front, select: str | Sequence[int] | None) -> list[Point]:
+    """``front`` (default), ``knee``, or trial numbers (any completed feasible trial)."""
+    select = select if select is not None else run.exp.export.select
+    if isinstance(select, str) and select not in ("front", "knee"):
+        try:
+            select = [int(s) for s in select.replace(",", " ").split()]
+        except ValueError:
+            raise NasError(
+                f"--select {select!r}: use front, knee, or trial numbers like '3 7'"
+            ) from None
+    if not select:
+        raise NasError("--select selects no model; pass front, knee, or trial numbers like '3 7'")
+    if select == "front":
+        return list(front.points)
+    if select == "knee":
+        return [front.knee()]
+    by_number = {p.number: p for p in front.candidates}
+    missing = [n for n in select if n not in by_number]
+    if missing:
+        raise NasError(
+            f"--select: trial(s) {missing} are not completed feasible trials of "
+            f"{run.dir}; `nas front` lists the trials"
+        )
+    return [by_number[n] for n in select]
+
+
+def trial_model(run: RunFolder, p: Point, root: Path | None = None) -> nn.Module:
+    """The trained model of a completed trial, as saved in the run folder (``root``: another
+    folder laid out the same way, e.g. ``RUN_DIR/final`` for a finalized model)."""
+    root = run.dir if root is None else root
+    # a compressed trial's module (its shapes changed)
+    model = load_trial(root, p.number, run.exp.space.name)
+    if model is not None:
+        return model
+    src = weights_path(root, p.number)
+    if not src.is_file():
+        raise NasError(
+            f"weights of trial {p.number} are missing ({src}); re-run the search so "
+            f"the trial is trained again"
+        )
+    splits = run.splits
+    model = rebuild(
+        resolve_space(run.exp.space.name),
+        p.params,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        args=run.exp.space.args,
+    )
+    return load_weights(model, src)

@@ -19,6 +19,7 @@ from nas.data import load_data
 from nas.errors import NasError
 from nas.front import Front
 from nas.pipeline import ExperimentProblem, preflight, resolve_objectives
+from nas.plots import plot_front
 from nas.run_folder import EXPERIMENT_FILE, RunFolder, read_experiment
 from nas.search import SearchSettings, optimize
 from nas.search._journal import check_journal
@@ -81,7 +82,8 @@ class Run(RunFolder):
     def write_front(self) -> RunFront:
         rf = self.front()
         rf.front.write_json(self.dir / "front.json")
-        rf.front.plot(
+        plot_front(
+            rf.front,
             self.dir / "pareto.png",
             title=f"{self.exp.name or self.dir.name}: "
             f"{len(rf.front)} models on the front, HV {rf.front.hypervolume:.3f}",
@@ -166,8 +168,8 @@ class RunFront:
         """Retrain the selected models (``front``, ``knee`` or trial numbers) on the full training
         split for ``epochs`` (default: the search's ``train.epochs``), from ``scratch`` or the
         ``search-weights``; re-measure them on the test split. See :mod:`nas.finalize`."""
-        from nas.export import select_points
         from nas.finalize import finalize
+        from nas.run_folder import select_points
 
         points = select_points(self.run, self.front, select)
         n = self.run.exp.train.epochs if epochs is None else epochs

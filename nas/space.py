@@ -32,21 +32,31 @@ class Space(Protocol):
 
 
 SPACES: Registry[Space] = Registry("space")
-_builtins_loaded = False
+SPACE_PROVIDERS = "nas.spaces"  # the entry-point group of packages that provide spaces
+_providers_loaded = False
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        from search_spaces import BUILTIN_SPACES
+def _load_providers() -> None:
+    """Register the spaces of every installed provider (``search_spaces``: the built-ins)."""
+    global _providers_loaded
+    if _providers_loaded:
+        return
+    from importlib.metadata import entry_points
 
-        for name, fn in BUILTIN_SPACES.items():
+    found = entry_points(group=SPACE_PROVIDERS)
+    if not found:
+        raise NasError(
+            "no search spaces are installed (entry point group 'nas.spaces' is empty); "
+            "install the project: pip install -e . (make setup does it)"
+        )
+    for ep in found:
+        for name, fn in ep.load().items():
             SPACES.register(name, fn)
-        _builtins_loaded = True
+    _providers_loaded = True
 
 
 def list_spaces() -> list[str]:
-    _load_builtins()
+    _load_providers()
     return SPACES.names()
 
 
@@ -54,7 +64,7 @@ def resolve_space(name: str) -> Space:
     """A registered space by name, or a user's space from ``file.py:fn`` / ``module:fn``."""
     if ":" in name:
         return load_callable(name, "space")  # type: ignore[return-value]
-    _load_builtins()
+    _load_providers()
     return SPACES.get(name)
 
 

@@ -21,10 +21,6 @@ from torch import nn
 from nas.config import TrainConfig
 from nas.errors import NasError
 
-LossHook = Callable[[nn.Module], torch.Tensor]
-# (logits, targets, indices of the batch in the training split) -> loss; replaces cross-entropy
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def seed_everything(seed: int) -> None:
     import random
@@ -101,9 +97,9 @@ def train(
     cfg: TrainConfig,
     *,
     seed: int = 0,
-    loss_hooks: Sequence[LossHook] = (),
+    loss_hooks: Sequence[Callable[[nn.Module], torch.Tensor]] = (),  # compress's LossHook
     on_step: Callable[[int, int], None] | None = None,
-    criterion: Criterion | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data`` (a split: in memory or streamed); return
     ``{"steps", "final_loss", "device", "precision"}``. The model is back on the CPU afterwards.

@@ -53,12 +53,10 @@ def _load(run: str | None, select: str, path: str | None) -> nn.Module:
                 f"nn.Module; save it with torch.save(model, path)"
             )
         return model.eval()
-    from nas.export import select_points, trial_model
-    from nas.runs import Run
+    from nas.run_folder import RunFolder, select_points, trial_model
 
-    r = Run.open(run)  # type: ignore[arg-type]
-    front = r.front().front
-    selected = select_points(r, front, select)
+    r = RunFolder.open(run)  # type: ignore[arg-type]
+    selected = select_points(r, r.feasible_front(), select)
     return as_float(trial_model(r, selected[0])).eval()
 
 
@@ -106,7 +104,7 @@ def new_head(model: nn.Module, num_classes: int) -> nn.Module:
 def as_float(model: nn.Module) -> nn.Module:
     """A compressed trial as a plain float model to compress again: fake-quant removed (weights
     keep their quantized values), bit widths and the record of what was applied dropped."""
-    from nas.pipeline import as_deployed
+    from nas.compress import as_deployed
 
     model = as_deployed(model, getattr(model, "nas_compression", {}))
     for m in model.modules():

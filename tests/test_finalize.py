@@ -12,9 +12,8 @@ import yaml
 import nas
 from nas.cli import main
 from nas.data import final_splits, load_data
-from nas.export import trial_model
 from nas.front import cost_disagreements
-from nas.run_folder import final_root, read_finals, record_path
+from nas.run_folder import final_root, read_finals, record_path, trial_model
 from nas.runs import Run
 from tests.conftest import experiment
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nas.compress._base import Context, Knob, KnobRange, Settings, Technique
+from torch import nn
+
+from nas.compress._base import Context, Criterion, Knob, KnobRange, LossHook, Settings, Technique
 from nas.errors import NasError
 from nas.registry import Registry
 
@@ -109,11 +111,25 @@ __all__ = [
     "ORDER",
     "TECHNIQUES",
     "Context",
+    "Criterion",
     "Knob",
     "KnobRange",
+    "LossHook",
     "Settings",
     "Technique",
+    "as_deployed",
     "get",
     "list_techniques",
     "parse_compression",
 ]
+
+
+def as_deployed(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module:
+    """The float model that is exported: fake-quant removed (weights at their quantized values,
+    ``weight_bits`` kept for ``size_bytes``). Metrics are measured on this, never on QAT wrappers.
+    """
+    if "quantize" not in compression:
+        return model
+    from nas.compress.quant_ops import strip_qat
+
+    return strip_qat(model)

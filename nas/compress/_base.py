@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from nas.errors import NasError
-from nas.train import Criterion, LossHook
+
+# What a technique hands the training loop (the pipeline passes these to nas.train; techniques
+# never import it): a regulariser added to the loss, computed from the model ...
+LossHook = Callable[[nn.Module], torch.Tensor]
+# ... and a replacement of cross-entropy: (logits, targets, indices of the batch in the training
+# split) -> loss (distillation)
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 RESERVED = ("per_layer", "optional", "finetune")
 

@@ -23,7 +23,6 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ from nas.errors import NasError
 
 MAGIC = b"NASDC1"
 
-__all__ = ["DCFormatError", "decode", "encode", "huffman_lengths", "load_dc"]
+__all__ = ["DCFormatError", "decode", "encode", "huffman_lengths"]
 
 
 class DCFormatError(NasError):
@@ -206,18 +205,3 @@ def decode(data: bytes, model: nn.Module) -> nn.Module:
         )
     model.load_state_dict(state)
     return model.eval()
-
-
-def load_dc(folder: str | Path) -> nn.Module:
-    """The model of an export folder's ``model.dc``, rebuilt from its ``config.json``."""
-    from nas.space import rebuild_from_config
-
-    folder = Path(folder)
-    dc, config_file = folder / "model.dc", folder / "config.json"
-    if not dc.is_file() or not config_file.is_file():
-        raise DCFormatError(
-            f"{folder} has no model.dc and config.json; pass a folder that `nas export` wrote "
-            "for a deep_compression trial"
-        )
-    config = json.loads(config_file.read_text())
-    return decode(dc.read_bytes(), rebuild_from_config(config))

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique
-from nas.train import Criterion
+from nas.compress._base import Context, Criterion, Knob, Technique
 
 TEACHER_LOGITS = "teacher_logits"  # Context.extra key: the teacher's logits on the train split
 

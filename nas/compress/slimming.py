@@ -20,9 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from nas.compress._base import Context, Knob, Technique, fraction_knob, round_to_knob
+from nas.compress._base import Context, Knob, LossHook, Technique, fraction_knob, round_to_knob
 from nas.compress.slimming_ops import bn_l1_penalty, slim, slimmable_bns
-from nas.train import LossHook
 
 
 class Slimming(Technique):

@@ -27,9 +27,8 @@ from nas.search._progress import SearchProgress
 from nas.search._proposal import Proposer
 from nas.search._samplers import make_proposer, make_sampler
 from nas.search._storage import load_study, open_storage
-from nas.search._worker import counts, recover_stale, run_loop
+from nas.search._worker import LOCK_FILE, counts, recover_stale, run_loop
 
-LOCK_FILE = ".ask.lock"
 MAX_RESTARTS = 3
 PROPOSAL_SECONDS = 2.0  # at most per trial for auto's proposal round (under the ask lock)
 

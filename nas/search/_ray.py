@@ -20,9 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import NasError
-from nas.search._local import LOCK_FILE
 from nas.search._problem import Problem
-from nas.search._worker import _run_trial, ask_lock, counts, worker_identity
+from nas.search._worker import LOCK_FILE, _run_trial, ask_lock, counts, worker_identity
 
 ROUNDS = 3
 DONE = ".nas-done"  # marks a Tune run that finished (not to be restored)

@@ -44,6 +44,9 @@ ADVISORY_LOCK_KEY = 0x6E6173_0000  # "nas" + the study id: one PostgreSQL adviso
 log = logging.getLogger("nas.search")
 
 
+LOCK_FILE = ".ask.lock"  # in the run folder: workers ask for trials under it (see ask_lock)
+
+
 class TrialError(NasError):
     """Candidates keep failing with the same kind of error: stop and say why."""
 

@@ -251,8 +251,8 @@ def problem(exp: Experiment, run_dir: Path, splits: Splits | None = None) -> Exp
 def save_front(run: Run, progress: bool = True) -> list[int]:
     """Cut each front model from the supernet and save it as its trial's weights (the trial's
     search metrics describe exactly these weights); return the trial numbers saved now."""
-    from nas.export import select_points
     from nas.finalize import Replay
+    from nas.run_folder import select_points
     from nas.weights import weights_path
 
     say = _sayer(progress)
@@ -362,8 +362,8 @@ def after_search(run: Run, progress: bool = True) -> None:
     save_front(run, progress)
     finetune = run.exp.search.supernet.finetune
     if finetune > 0:
-        from nas.export import select_points
         from nas.finalize import finalize
+        from nas.run_folder import select_points
 
         points = select_points(run, run.feasible_front(), "front")
         finalize(run, points, epochs=finetune, start="search-weights", progress=progress)

@@ -19,10 +19,10 @@ from nas.compress.dc_format import (
     decode,
     encode,
     huffman_lengths,
-    load_dc,
 )
 from nas.compress.sparse_ops import bake, prune_unstructured, share_weights, sparsity_of
 from nas.compress.unstructured import gradual_hook
+from nas.export import load_dc
 from objectives import model_size_bytes
 from tests.conftest import experiment
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nas
-from nas.export import trial_model
+from nas.run_folder import trial_model
 from search_spaces.pretrained import pretrained
 
 
