@@ -2,8 +2,10 @@
 
     result = nas.search(space, evaluate, directions={"accuracy": "maximize", "flops": "minimize"},
                         static={"flops": count_flops}, n_trials=100)
-    result.front   # [Point(number, params, metrics)]
-    result.study   # the optuna.Study
+    result.front            # the Pareto front: Point(number, params, metrics), in order
+    result.front.table()    # as `nas front` prints it (why each point is on the front)
+    result.front.knee(), result.front.best("accuracy")
+    result.study            # the optuna.Study
 
 ``space(trial)`` returns a candidate (any object); ``static[name](candidate)`` are computed first,
 so ``constraints`` on them reject a candidate before ``evaluate(candidate)`` runs, and the ``auto``
@@ -29,17 +31,26 @@ from pydantic import ValidationError
 
 from nas.config import Bound
 from nas.errors import NasError
-from nas.front import completed_points, nondominated
+from nas.front import Front
 from nas.search._fidelity import MOASHA
-from nas.search._problem import Point
 from nas.search._samplers import make_proposer, make_sampler
 from nas.search._storage import load_study, open_storage
 from nas.search._worker import run_loop
 
 
+class SearchFront(Front):
+    """The front of :func:`search`: a :class:`nas.front.Front` (``.knee()``, ``.best(metric)``,
+    ``.hypervolume``, iterable as its points) that prints as a run's front does."""
+
+    def table(self) -> str:
+        from nas.report import front_table
+
+        return front_table(self)
+
+
 @dataclass
 class SearchResult:
-    front: list[Point]
+    front: SearchFront
     study: optuna.Study
 
 
@@ -184,5 +195,4 @@ def search(
             proposer=proposer,
             scheduler=scheduler,
         )
-    feasible, _ = completed_points(study)
-    return SearchResult(nondominated(feasible, dict(directions)), study)
+    return SearchResult(SearchFront.from_study(study, dict(directions)), study)

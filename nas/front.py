@@ -11,7 +11,7 @@ import ast
 import json
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,6 +365,12 @@ class Front:
 
     def __len__(self) -> int:
         return len(self.points)
+
+    def __iter__(self) -> Iterator[Point]:
+        return iter(self.points)
+
+    def __getitem__(self, i: int) -> Point:
+        return self.points[i]
 
 
 PROXY_COSTS = ("flops", "energy_uj")  # counted from the model; latency_ms* is measured

@@ -58,6 +58,13 @@ def test_search_front_is_nondominated() -> None:
             assert not _dominates(t.user_attrs["metrics"], a.metrics)
     # on this monotone trade-off every distinct completed trial is on the front
     assert len(result.front) == len({t.params["x"] for t in complete})
+    # the same selection and table as a run's front
+    best = result.front.best("quality")
+    assert best.metrics["quality"] == max(p.metrics["quality"] for p in result.front)
+    assert result.front.knee() in list(result.front)
+    table = result.front.table()
+    assert "why on the front" in table and f"{best.number}" in table
+    assert result.front[0] is next(iter(result.front))
 
 
 @pytest.mark.parametrize("sampler", ["auto", "random"])
