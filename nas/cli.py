@@ -306,12 +306,16 @@ def doctor(run_dir: Path, check_only: bool, no_exports: bool) -> None:
 
 @cli.command()
 def spaces() -> None:
-    """List the registered search spaces."""
-    from nas.space import SPACES, list_spaces
+    """List the registered search spaces and their arguments (space.args): each default and,
+    where a space declares them, the values it takes."""
+    from nas.space import SPACES, describe_args, list_spaces
 
     for name in list_spaces():
-        doc = (SPACES.get(name).__doc__ or "").strip().splitlines()
+        fn = SPACES.get(name)
+        doc = (fn.__doc__ or "").strip().splitlines()
         click.echo(f"{name:12s} {doc[0] if doc else ''}")
+        for line in describe_args(fn):
+            click.echo(f"    {line}")
 
 
 @cli.command()

@@ -8,6 +8,7 @@ A space is named by a registered name (``nas spaces`` lists them), ``"path/file.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -58,6 +59,27 @@ def _load_providers() -> None:
 def list_spaces() -> list[str]:
     _load_providers()
     return SPACES.names()
+
+
+def describe_args(space: Space) -> list[str]:
+    """A space's keyword arguments (its ``space.args``) as ``name = default`` lines, with the
+    values it takes where the space declares them in a ``choices`` attribute (a space that takes
+    ``**args`` names them and their defaults in a ``defaults`` attribute)."""
+    choices = getattr(space, "choices", {})
+    out = []
+    for name, value in getattr(space, "defaults", {}).items():  # a space taking **args
+        out.append(f"{name} = {list(value) if isinstance(value, tuple) else value!r}")
+    for p in inspect.signature(space).parameters.values():
+        if p.kind != p.KEYWORD_ONLY or p.name in ("input_shape", "num_classes"):
+            continue
+        default = p.default
+        if isinstance(default, tuple):
+            default = list(default)
+        line = f"{p.name} = {default!r}" if default is not p.empty else f"{p.name} (required)"
+        if p.name in choices:
+            line += f"  (of {', '.join(repr(c) for c in choices[p.name])})"
+        out.append(line)
+    return out
 
 
 def resolve_space(name: str) -> Space:

@@ -223,3 +223,12 @@ def _check_pools(values: Sequence[str]) -> tuple[str, ...]:
             "pick from those names"
         )
     return choices
+
+
+# what `nas spaces` lists as the values an argument may take (its default is in the signature)
+cnn.choices = {  # type: ignore[attr-defined]
+    "pools": _POOLS,
+    "blocks": _BLOCKS,
+    "heads": _HEADS,
+    "batch_norm": (True, False, "search"),
+}

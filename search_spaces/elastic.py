@@ -188,4 +188,7 @@ def elastic_cnn(
 
 # what makes a space usable by ``search.mode: supernet``
 elastic_mobilenet.supernet = mobilenet_supernet  # type: ignore[attr-defined]
+# its args (taken as **args, passed to the supernet): `nas spaces` lists them with these defaults
+elastic_mobilenet.defaults = DEFAULTS["mobilenet"]  # type: ignore[attr-defined]
+elastic_cnn.defaults = DEFAULTS["cnn"]  # type: ignore[attr-defined]
 elastic_cnn.supernet = cnn_supernet  # type: ignore[attr-defined]

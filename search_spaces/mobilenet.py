@@ -256,3 +256,11 @@ def _check_choices(name: str, values: Sequence[float], kind: type) -> tuple:
                 f"{name}={tuple(values)}; remove {v!r}"
             )
     return tuple(values)
+
+
+# what `nas spaces` lists as the values an argument may take (its default is in the signature)
+mobilenet.choices = {  # type: ignore[attr-defined]
+    "blocks": _BLOCKS,
+    "se": (True, False, "search"),
+    "share": (True, False, "search"),
+}

@@ -37,6 +37,16 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert cmd in out
 
 
+def test_spaces_show_their_arguments_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["spaces"]) == 0
+    out = capsys.readouterr().out
+    cnn = out.split("\nelastic_cnn")[0]  # the spaces are listed by name: cnn first
+    assert cnn.startswith("cnn") and "blocks = ['conv']  (of 'conv', 'ghost')" in cnn
+    assert "share = False  (of True, False, 'search')" in out  # mobilenet's
+    assert "depths = [1, 2, 3]" in out  # elastic_mobilenet's, taken as **args
+    assert "model (required)" in out  # timm / torchvision
+
+
 def test_spaces_and_objectives_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["spaces"]) == 0
     assert {"cnn", "mlp", "mobilenet"} <= {
