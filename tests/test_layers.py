@@ -47,13 +47,13 @@ FLOORS = (
     ("nas.front", "nas.plots", "nas.search"),  # the study: samplers, storage, workers, drivers
     ("nas.compress", "objectives"),  # techniques and metrics
     ("nas.run_folder", "nas.report"),  # reading a run
-    ("search_spaces", "nas.supernet.elastic"),
+    ("search_spaces", "nas.supernet.elastic", "nas.supernet.elastic_layers"),
     ("nas.pipeline", "nas.teacher", "nas.supernet.train", "nas.supernet.latency"),  # one trial
     ("nas.export", "nas.finalize", "nas.supernet"),  # results
     ("nas",),  # the top: runs, html_report, doctor, dashboard, api, cli
 )
 # modules still over ~500 lines, to be split along their seams: none may grow, no other may join
-LONG = {"nas.html_report": 640, "nas.compress.quant_ops": 631, "nas.supernet.elastic": 551}
+LONG = {"nas.html_report": 640, "nas.compress.quant_ops": 631}
 MAX_LINES = 500
 
 
