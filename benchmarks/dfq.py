@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.compression import ARCHS  # noqa: E402
 from nas import onnx_utils  # noqa: E402
 from nas.compress.dfq_ops import dfq, find_chains  # noqa: E402
-from nas.compress.quant_ops import export_int8, export_int8_dynamic  # noqa: E402
+from nas.compress.int8_export import export_int8, export_int8_dynamic  # noqa: E402
 from nas.config import DataConfig, Subset, TrainConfig  # noqa: E402
 from nas.data import load_data  # noqa: E402
 from nas.pipeline import CALIBRATION_EXAMPLES  # noqa: E402

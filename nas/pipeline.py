@@ -336,7 +336,7 @@ def int8_onnx(plain: nn.Module, compression: Mapping[str, Any], ctx: Context) ->
     ``plain`` is ``as_deployed(model, compression)``. int8: BN folded, onnxruntime static QDQ
     quantization calibrated on training data.
     """
-    from nas.compress.quant_ops import export_int8, export_int8_dynamic
+    from nas.compress.int8_export import export_int8, export_int8_dynamic
     from nas.compress.quantize import is_int8
 
     knobs = compression.get("quantize")

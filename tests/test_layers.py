@@ -53,7 +53,7 @@ FLOORS = (
     ("nas",),  # the top: runs, html_report, doctor, dashboard, api, cli
 )
 # modules still over ~500 lines, to be split along their seams: none may grow, no other may join
-LONG = {"nas.html_report": 640, "nas.compress.quant_ops": 631}
+LONG = {"nas.html_report": 640}
 MAX_LINES = 500
 
 

@@ -15,8 +15,8 @@ Three parts, used in this order by a trial and its export:
 * **Storage.** :func:`pack_weights` stores each layer with ``weight_bits <= 8`` as its integer
   codes packed at exactly ``b`` bits (4 bits: two codes per byte) plus float32 per-channel scales
   and its float32 bias; :func:`unpack_weights` restores the dequantized weights bit for bit.
-* **Real int8.** :func:`export_int8` folds BatchNorm, exports fp32 ONNX and runs onnxruntime's
-  static quantization (QDQ format, per-channel symmetric int8 weights, uint8 activations,
+* **Real int8** (:mod:`nas.compress.int8_export`). ``export_int8`` folds BatchNorm, exports
+  fp32 ONNX and runs onnxruntime's static quantization (QDQ format, per-channel symmetric int8 weights, uint8 activations,
   min/max calibration). onnxruntime fuses the QDQ pairs into integer kernels (QLinearConv,
   QGemm, QLinearAdd, ...) when it loads the model.
 
@@ -26,7 +26,7 @@ back to float (much slower MobileNets); per-channel weights and ``reduce_range``
 measurable speed; onnxruntime's pre-processing optimisation brings nothing (only its shape
 inference runs). A conv with fewer than 4 input channels (the input layer) misses MLAS's
 symmetric int8 conv kernel and is several times slower in int8 than in fp32, so it stays fp32
-(see :func:`export_int8`). Plain conv nets gain most; small MobileNets (depthwise convs, narrow
+(see ``int8_export``). Plain conv nets gain most; small MobileNets (depthwise convs, narrow
 projections) gain little or nothing.
 """
 
@@ -34,16 +34,12 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from nas.compress.fusion import fuse_verified
 
 __all__ = [
     "ActFakeQuant",
@@ -52,9 +48,7 @@ __all__ = [
     "QATConv2d",
     "QATConv3d",
     "QATLinear",
-    "export_int8",
     "fake_quant_weight",
-    "int8_ops",
     "pack_weights",
     "packed_size_bytes",
     "prepare_qat",
@@ -67,8 +61,6 @@ __all__ = [
 MIN_BITS, MAX_BITS = 2, 8
 _MIN_SCALE = 1e-12  # an all-zero channel gets this scale (its codes are all 0)
 _EMA_MOMENTUM = 0.1  # weight of the newest batch in the activation range average
-_FIRST_LAYER_CHANNELS = 4  # convs with fewer input channels per group stay fp32 in int8 export
-_CALIB_BATCH = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,200 +396,6 @@ def unpack_weights(packed: Mapping[str, torch.Tensor], model: nn.Module) -> None
             f"unpack_weights: entries {sorted(rest)} belong to no packed layer; pass the dict "
             "pack_weights returned"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# real int8 export (onnxruntime static quantization, QDQ format)
-# ---------------------------------------------------------------------------------------------
-
-
-def export_int8(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    calib_x: torch.Tensor,
-    path: str | Path,
-    *,
-    per_channel: bool = True,
-    reduce_range: bool = False,
-    calibration: str = "minmax",
-) -> Path:
-    """Write a real int8 ONNX model (QDQ format) of ``model`` to ``path`` and return the path.
-
-    Steps: QAT layers are stripped to their fake-quantized float weights, BatchNorm is folded
-    (:func:`~nas.compress.fusion.fold_bn`), the fp32 graph is exported with
-    :func:`nas.onnx_utils.to_onnx` and quantized by ``onnxruntime.quantization.quantize_static``
-    with QuantFormat.QDQ, QInt8 symmetric weights (per output channel unless ``per_channel`` is
-    False), QUInt8 activations and MinMax ranges calibrated on ``calib_x`` (``(N, *input_shape)``,
-    a few hundred training examples are plenty).
-
-    Ungrouped convs with fewer than 4 input channels (the input layer of image models) stay
-    fp32: onnxruntime's int8 kernel for them is several times slower than its fp32 one. Where
-    such a conv is followed by ReLU then MaxPool, the two are swapped (exact: max commutes with a
-    monotone function) so that onnxruntime does not move the following QuantizeLinear in front
-    of the MaxPool, where a slow uint8 NCHW MaxPool would run. ``reduce_range`` (7-bit weights)
-    is for CPUs without VNNI, where uint8 x int8 products can saturate.
-    """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    import nas.onnx_utils as onnx_utils
-
-    input_shape = tuple(input_shape)
-    if calib_x.dim() != len(input_shape) + 1 or tuple(calib_x.shape[1:]) != input_shape:
-        raise ValueError(
-            f"export_int8: calib_x must have shape (N, *input_shape) = (N, "
-            f"{', '.join(map(str, input_shape))}), got {tuple(calib_x.shape)}; pass a batch of "
-            "training inputs"
-        )
-    if len(calib_x) == 0:
-        raise ValueError("export_int8: calib_x is empty; pass a few hundred training inputs")
-
-    plain = strip_qat(model) if _is_qat(model) else model
-    # a folding bug shows on any input: a few suffice (this runs once per int8 candidate)
-    folded, _ = fuse_verified(plain, calib_x[:32])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        onnx_utils.to_onnx(folded, input_shape, fp32)
-        keep_fp32 = _prepare_graph(fp32)
-        prepared = Path(tmp) / "prepared.onnx"
-        # shape inference only: ORT's graph optimisations happen at load time anyway
-        quant_pre_process(str(fp32), str(prepared), skip_optimization=True)
-        quantize_static(
-            str(prepared),
-            str(path),
-            _BatchReader(calib_x),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=(
-                CalibrationMethod.Percentile
-                if calibration == "percentile"
-                else CalibrationMethod.MinMax
-            ),
-            extra_options={"CalibPercentile": 99.99} if calibration == "percentile" else {},
-            nodes_to_exclude=keep_fp32,
-        )
-    return path
-
-
-def export_int8_dynamic(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
-    """Int8 with NO data: onnxruntime dynamic quantization of the (BN-folded) fp32 export:
-    per-tensor symmetric int8 weights, activation ranges computed at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    import nas.onnx_utils as onnx_utils
-    from nas.compress.fusion import fold_bn
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        onnx_utils.to_onnx(
-            fold_bn(strip_qat(model) if _is_qat(model) else model), input_shape, fp32
-        )
-        quantize_dynamic(str(fp32), str(path), per_channel=False, weight_type=QuantType.QInt8)
-    return path
-
-
-class _BatchReader:
-    """A ``CalibrationDataReader``: ``{"input": batch}`` dicts over ``calib_x``, then None."""
-
-    def __init__(self, x: torch.Tensor, batch_size: int = _CALIB_BATCH) -> None:
-        data = x.detach().to(torch.float32).cpu().numpy()
-        self._batches = iter(
-            [{"input": data[i : i + batch_size]} for i in range(0, len(data), batch_size)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.get_next()
-        if batch is None:
-            raise StopIteration
-        return batch
-
-
-def _prepare_graph(path: Path) -> list[str]:
-    """Pick the convs to keep fp32 and swap ReLU -> MaxPool after them; save; return their names."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    weights = {t.name: tuple(t.dims) for t in graph.initializer}
-    keep = []
-    for node in graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        dims = weights[node.input[1]]
-        if group == 1 and len(dims) > 1 and dims[1] < _FIRST_LAYER_CHANNELS:
-            keep.append(node.name)
-    if keep:
-        _swap_relu_maxpool(graph, {n.output[0] for n in graph.node if n.name in keep})
-        onnx.save(model, str(path))
-    return keep
-
-
-def _swap_relu_maxpool(graph, after: set[str]) -> None:
-    """Rewrite ``x -> Relu -> MaxPool`` as ``x -> MaxPool -> Relu`` where ``x`` is in ``after``."""
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    swapped: set[str] = set()
-    for relu in graph.node:
-        if relu.op_type != "Relu" or relu.input[0] not in after or relu.output[0] in outputs:
-            continue
-        users = consumers.get(relu.output[0], [])
-        if len(users) != 1 or users[0].op_type != "MaxPool" or len(users[0].output) != 1:
-            continue
-        pool = users[0]
-        x, mid, out = relu.input[0], relu.output[0], pool.output[0]
-        pool.input[0], pool.output[0] = x, mid
-        relu.input[0], relu.output[0] = mid, out
-        swapped.add(mid)
-    if swapped:  # each Relu now follows its MaxPool; ``mid`` changed shape
-        kept = [v for v in graph.value_info if v.name not in swapped]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
-        _toposort(graph)
-
-
-def _toposort(graph) -> None:
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        assert ready, "graph has a cycle"
-        for node in ready:
-            ordered.append(node)
-            known.update(node.output)
-        pending = [n for n in pending if n not in ready]
-    copies = [copy.deepcopy(n) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
-def int8_ops(path: str | Path | bytes) -> set[str]:
-    """The op types in an ONNX model's graph (e.g. QuantizeLinear, DequantizeLinear, Conv)."""
-    import onnx
-
-    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
-    return {node.op_type for node in model.graph.node}
 
 
 def sensitivity(

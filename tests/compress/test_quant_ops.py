@@ -11,14 +11,13 @@ from torch import nn
 
 from nas import onnx_utils
 from nas.compress.fusion import fold_bn
+from nas.compress.int8_export import export_int8, int8_ops
 from nas.compress.quant_ops import (
     ActFakeQuant,
     FakeQuantWeight,
     QATConv2d,
     QATLinear,
-    export_int8,
     fake_quant_weight,
-    int8_ops,
     pack_weights,
     packed_size_bytes,
     prepare_qat,

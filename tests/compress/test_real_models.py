@@ -41,7 +41,8 @@ from torch import nn
 from nas.compress import Context, get, list_techniques
 from nas.compress.distill import TEACHER_LOGITS
 from nas.compress.fusion import fold_bn, fuse_verified
-from nas.compress.quant_ops import int8_ops, prepare_qat, quantizable_layers
+from nas.compress.int8_export import int8_ops
+from nas.compress.quant_ops import prepare_qat, quantizable_layers
 from nas.compress.sparse_ops import prunable_weights, sparsity_of
 from nas.onnx_utils import session, to_onnx
 from nas.pipeline import Step, as_deployed, compress, finish_sparse, int8_onnx
