@@ -16,9 +16,9 @@ Three parts, used in this order by a trial and its export:
   codes packed at exactly ``b`` bits (4 bits: two codes per byte) plus float32 per-channel scales
   and its float32 bias; :func:`unpack_weights` restores the dequantized weights bit for bit.
 * **Real int8** (:mod:`nas.compress.int8_export`). ``export_int8`` folds BatchNorm, exports
-  fp32 ONNX and runs onnxruntime's static quantization (QDQ format, per-channel symmetric int8 weights, uint8 activations,
-  min/max calibration). onnxruntime fuses the QDQ pairs into integer kernels (QLinearConv,
-  QGemm, QLinearAdd, ...) when it loads the model.
+  fp32 ONNX and runs onnxruntime's static quantization (QDQ format, per-channel symmetric int8
+  weights, uint8 activations, min/max calibration). onnxruntime fuses the QDQ pairs into integer
+  kernels (QLinearConv, QGemm, QLinearAdd, ...) when it loads the model.
 
 Why these settings (onnxruntime 1.32, x86 CPU with VNNI, one thread): uint8 activations, because
 with int8 ones onnxruntime does not fuse QLinearAdd/QLinearMul on x86 and residual adds fall
