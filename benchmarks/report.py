@@ -26,7 +26,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nas.html_report import browser_check, write_report  # noqa: E402
+from nas.html_browser import browser_check  # noqa: E402
+from nas.html_report import write_report  # noqa: E402
 from nas.runs import Run, prepare  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

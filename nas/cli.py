@@ -265,7 +265,7 @@ def compare(run_dirs: tuple[Path, ...], to: Path) -> None:
     \b
       nas compare runs/with-compression runs/without --to compare.html
     """
-    from nas.html_report import compare as compare_runs
+    from nas.html_compare import compare as compare_runs
     from nas.report import table
 
     path, rows = compare_runs(run_dirs, to)

@@ -52,8 +52,8 @@ FLOORS = (
     ("nas.export", "nas.finalize", "nas.supernet"),  # results
     ("nas",),  # the top: runs, html_report, doctor, dashboard, api, cli
 )
-# modules still over ~500 lines, to be split along their seams: none may grow, no other may join
-LONG = {"nas.html_report": 640}
+# modules over ~500 lines (none left; a module that grows past it is split along its seams)
+LONG: dict[str, int] = {}
 MAX_LINES = 500
 
 

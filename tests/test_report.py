@@ -17,7 +17,7 @@ import pytest
 
 from nas.cli import main
 from nas.front import Front
-from nas.html_report import browser_check, find_chromium
+from nas.html_browser import browser_check, find_chromium
 from nas.runs import Run
 from tests.conftest import experiment
 
