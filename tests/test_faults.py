@@ -68,10 +68,11 @@ def _check_done(run: Path, before: dict[int, tuple[float, ...]]) -> None:
         assert (run / "weights" / f"trial-{t.number:05d}.safetensors").is_file()
 
 
-@pytest.mark.parametrize("seed", [0, 2, 3])
+@pytest.mark.parametrize("seed", [0, 3])
 def test_sigkill_at_a_random_moment_then_rerun(tmp_path: Path, seed: int) -> None:
-    """Seeds 0-1 kill the worker of a running trial, 2-3 the whole `nas run` (driver and workers)
-    at a random moment, seed 3 within the last trial."""
+    """Seeds 0-1 kill the worker of a running trial at a random moment, 2-3 the whole `nas run`
+    (driver and workers), seed 3 within the last trial. (The default suite runs 0 and 3 to stay
+    near 15 minutes; SIGTERM of the driver is tested below.)"""
     rng = random.Random(seed)
     experiment(tmp_path, train__epochs=25, search__trials=TRIALS)
     argv = [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "--workers", "2", "-q"]
@@ -162,7 +163,7 @@ def _cut(journal: Path, rng: random.Random) -> tuple[bytes, int]:
     return data, cut
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0])  # more cuts: the two tests after this one
 def test_torn_study_file_is_read_then_repaired(finished_copy: Path, seed: int) -> None:
     from tests.conftest import QUICK
 
