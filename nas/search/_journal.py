@@ -40,7 +40,6 @@ class Scan:
     torn_bytes: int = 0  # the file ends in the middle of a record this long
     lost_after: int = 0  # lines after an unreadable one (not replayable without it)
     first_bad_line: int | None = None
-    first_line_bad: bool = False  # not Optuna's journal at all
 
     @property
     def intact(self) -> bool:
@@ -82,8 +81,6 @@ def scan(path: Path) -> Scan:
             out.recovered += 1
             out.dropped_bytes += start
             continue
-        if i == 1:
-            out.first_line_bad = True
         out.first_bad_line = i
         out.lost_after = len(lines) - i
         out.dropped_bytes += sum(len(x) for x in lines[i - 1 :])
@@ -153,8 +150,13 @@ def _grows(path: Path, wait: float) -> bool:
 
 
 def check_journal(path: Path) -> None:
-    """A file that is not Optuna's journal is refused before anything appends to it."""
-    if path.is_file() and path.stat().st_size and scan(path).first_line_bad:
+    """A file that is not Optuna's journal is refused before anything appends to it: its first
+    line (read alone) is a whole line that holds no journal record."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        first = f.readline()
+    if first.endswith(b"\n") and not _record(first):
         raise NasError(
             f"{path} is not a study journal (its first line is no Optuna journal record); "
             f"pass a new file with --storage journal:PATH, or the run folder's study.journal"

@@ -40,6 +40,15 @@ class Problem(Protocol):
         ...
 
 
+SAMPLED = "sample_seconds"  # a trial's attribute, set once its candidate is drawn in full
+
+
+def fully_drawn(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial's candidate was drawn in full: a trial lost before that trained nothing
+    and holds partial params, so it is not retried."""
+    return SAMPLED in trial.user_attrs
+
+
 def violations(constraints: Mapping[str, Bound], metrics: Mapping[str, float]) -> dict[str, float]:
     """Constraint values in Optuna's convention (<= 0 is feasible) for the metrics present."""
     out: dict[str, float] = {}

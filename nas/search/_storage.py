@@ -10,6 +10,7 @@ import optuna
 
 from nas.errors import NasError, NasWarning
 from nas.search._journal import ReadOnlyJournal, check_journal, repair
+from nas.search._problem import fully_drawn
 
 STUDY_NAME = "nas"
 JOURNAL_FILE = "study.journal"
@@ -48,8 +49,8 @@ def retry_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> No
 
     (The failed trial cannot take attributes any more: the retry records why it exists.)
     """
-    if "sample_seconds" not in trial.user_attrs:  # lost before its candidate was drawn in full:
-        return  # nothing was trained and its params are partial, so no retry is queued
+    if not fully_drawn(trial):  # nothing was trained and its params are partial: no retry
+        return
     attrs = {"retry_of": trial.number, "retry_reason": "worker lost (no heartbeat)"}
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 

@@ -30,10 +30,12 @@ from nas.config import Bound
 from nas.errors import NasError
 from nas.search._fidelity import MOASHA, Reporter, Stopped
 from nas.search._problem import (
+    SAMPLED,
     Problem,
     Rejected,
     describe_bound,
     describe_violation,
+    fully_drawn,
     violations,
 )
 from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
@@ -153,7 +155,7 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
             if ident is not None and (ident != me if own else is_alive(ident)):
                 continue
             why = "interrupted" if own else "worker process died"
-            drawn = "sample_seconds" in t.user_attrs  # its candidate was drawn in full
+            drawn = fully_drawn(t)
             if ident is None or not drawn:
                 why = "worker process died while asking"
             study._storage.set_trial_user_attr(t._trial_id, "error", why)
@@ -428,7 +430,7 @@ def _run_trial(
 ) -> optuna.trial.FrozenTrial:
     """Static metrics -> (reject | evaluate) -> tell; every outcome is recorded on the trial."""
     names = list(problem.directions)
-    trial.set_user_attr("sample_seconds", time.perf_counter() - t0)
+    trial.set_user_attr(SAMPLED, time.perf_counter() - t0)
     report = Reporter(study, trial, problem.directions, scheduler)
     try:
         if sample_error is not None:
