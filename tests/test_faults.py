@@ -74,17 +74,7 @@ def test_sigkill_at_a_random_moment_then_rerun(tmp_path: Path, seed: int) -> Non
     (driver and workers), seed 3 within the last trial. (The default suite runs 0 and 3 to stay
     near 15 minutes; SIGTERM of the driver is tested below.)"""
     rng = random.Random(seed)
-    experiment(tmp_path, train__epochs=25, search__trials=TRIALS)
-    argv = [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "--workers", "2", "-q"]
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start_run(tmp_path, stderr=subprocess.STDOUT)
     run = tmp_path / RUN
     at = TRIALS - 1 if seed == 3 else rng.randint(1, TRIALS - 2)  # completed trials at the kill
     delay = rng.uniform(0.0, 1.5)
@@ -102,6 +92,21 @@ def test_sigkill_at_a_random_moment_then_rerun(tmp_path: Path, seed: int) -> Non
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Traceback" not in again.stderr
     _check_done(run, before)
+
+
+def _start_run(cwd: Path, *, stderr: int) -> subprocess.Popen[str]:
+    """`nas run exp.yaml --workers 2` in the background (~1-2 s per trial: time to kill it
+    mid-trial), in its own session; the experiment is written to ``cwd``."""
+    experiment(cwd, train__epochs=25, search__trials=TRIALS)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "--workers", "2", "-q"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait(
@@ -317,16 +322,7 @@ def test_a_lock_left_by_a_writer_killed_mid_record(finished_copy: Path) -> None:
 def test_sigterm_stops_the_workers_too(tmp_path: Path) -> None:
     """`kill PID`, a scheduler's time limit, `docker stop`: the run stops as on Ctrl-C (its
     workers with it, none left training on its own), says how to resume, exits 143."""
-    experiment(tmp_path, train__epochs=25, search__trials=TRIALS)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "--workers", "2", "-q"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start_run(tmp_path, stderr=subprocess.PIPE)
     run = tmp_path / RUN
     worker = _wait(lambda: _running_after(run, 2), proc)
     os.kill(proc.pid, signal.SIGTERM)  # the driver only
