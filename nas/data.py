@@ -354,6 +354,23 @@ def _check_stream(spec: str, classes: int, **splits: Any) -> None:
             )
 
 
+CHANCE_SE = 3.0  # standard errors above the majority-class rate a model must score
+
+
+def chance_floor(split: Any, num_classes: int) -> float:
+    """The accuracy a model must beat to be better than guessing on ``split``: the rate of its
+    most frequent class (``1 / num_classes`` for a streamed split without known targets) plus
+    three binomial standard errors at its size (Fashion-MNIST's 5,000 validation images: 0.1127).
+    """
+    labels = split.y.numpy() if isinstance(split, Split) else getattr(split, "targets", None)
+    n = len(split)
+    if labels is not None and len(labels):
+        rate = float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / len(labels))
+    else:
+        rate = 1.0 / max(num_classes, 1)
+    return rate + CHANCE_SE * float(np.sqrt(rate * (1 - rate) / max(n, 1)))
+
+
 def load_data(cfg: DataConfig) -> Splits:
     """Load a dataset as train / val / test splits (val from train, fixed seed)."""
     val: Arrays | None

@@ -28,6 +28,7 @@ from torch import nn
 import nas.onnx_utils as onnx_utils
 from nas.compress import Context, as_deployed
 from nas.compress.fusion import fuse_verified
+from nas.compress.int8_export import int8_record
 from nas.data import Splits
 from nas.pipeline import CALIBRATION_EXAMPLES, int8_onnx
 from nas.run_folder import select_points, trial_model
@@ -41,20 +42,31 @@ if TYPE_CHECKING:
     from nas.run_folder import RunFolder as Run
 
 
+SPREAD = "latency_spread_batch"  # + B: the relative timing spread of latency_ms_batch{B}
+
+
 class ExportVerificationError(RuntimeError):
     """The exported model does not reproduce the recorded accuracy."""
 
 
-def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path, dict[str, Any]]:
+def deployed_onnx(
+    model: nn.Module, splits: Splits, folder: Path, tune_batch: int | None = None
+) -> tuple[Path, dict[str, Any]]:
     """Write the model as deployed to ``folder``: ``model.onnx`` (fp32, BN folded, checked) and,
-    for an int8 model, ``model.int8.onnx``. Returns the deployed file and the fusion record."""
+    for an int8 model, ``model.int8.onnx`` (with ``tune_batch``: ops whose int8 kernel is slower
+    at that batch kept float, by measurement). Returns the deployed file and the fusion record,
+    which holds the parameter count after folding (``params``)."""
     compression = dict(getattr(model, "nas_compression", {}))
     plain = as_deployed(model, compression)
     int8 = int8_onnx(
-        plain, compression, Context(splits.input_shape, splits.train.head(CALIBRATION_EXAMPLES).x)
+        plain,
+        compression,
+        Context(splits.input_shape, splits.train.head(CALIBRATION_EXAMPLES).x),
+        tune_batch=tune_batch,
     )
     # conv/Linear + BN folded here, checked on test inputs (to 1e-4 of the largest output)
     fused, fusion = fuse_verified(plain, splits.test.head(256).x)
+    fusion["params"] = count_params(fused)
     onnx_utils.to_onnx(fused, splits.input_shape, folder / "model.onnx")
     if int8 is None:
         return folder / "model.onnx", fusion
@@ -63,9 +75,14 @@ def deployed_onnx(model: nn.Module, splits: Splits, folder: Path) -> tuple[Path,
 
 
 def latencies(path: Path, input_shape: tuple[int, ...], batches: Sequence[int]) -> dict[str, float]:
-    """``latency_ms_batch{B}`` of an ONNX file: onnxruntime, 1 thread, warmed up, median."""
-    sess = onnx_utils.session(path, threads=1)
-    return {f"latency_ms_batch{b}": onnx_utils.time_ms(sess, input_shape, b) for b in batches}
+    """``latency_ms_batch{B}`` of an ONNX file (onnxruntime, 1 thread, warmed up, median of 5
+    rounds of 20 runs) and ``latency_spread_batch{B}``, half the range of the rounds over the
+    median: what a cost comparison must see past (:func:`nas.front.cost_disagreements`)."""
+    out = {}
+    for b in batches:
+        ms, spread = onnx_utils.time_spread(path, input_shape, b)
+        out[f"latency_ms_batch{b}"], out[f"{SPREAD}{b}"] = ms, spread
+    return out
 
 
 def _weights_source(run: Run, number: int) -> tuple[dict[str, Any] | None, Path]:
@@ -101,7 +118,8 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                     "packed_weights_bytes": float(packed_size_bytes(model)),  # codes+scales+biases
                     "packed_file_bytes": float((tmp / "weights.packed.safetensors").stat().st_size),
                 }
-        model_file, fusion = deployed_onnx(model, splits, tmp)
+        batch = run.exp.export.latency_batch_size
+        model_file, fusion = deployed_onnx(model, splits, tmp, tune_batch=batch)
         dc_sizes: dict[str, float] = {}
         if "deep_compression" in compression:
             dc_sizes = write_dc(model, tmp / "model.dc")
@@ -135,18 +153,21 @@ def export_point(run: Run, p: Point, dest: Path) -> dict[str, Any]:
                 f"the {'finalized' if final else 'trained'} model {recorded:.4f} (more than "
                 f"{tol:.3f} apart); not exported"
             )
-        batch = run.exp.export.latency_batch_size
         exported = {
             "test_accuracy": acc,
             "flops": float(count_flops(model, splits.input_shape)),
-            "params": float(count_params(model)),
-            "size_bytes": float(model_size_bytes(model)),
+            "params": float(count_params(model)),  # as trained: BatchNorm included
+            "params_deployed": float(fusion["params"]),  # after BatchNorm folding
+            "size_bytes": float(model_size_bytes(model)),  # tensors at their stored width
             "onnx_file_bytes": float(model_file.stat().st_size),
             "fusion": fusion,
             **packed_sizes,
             **dc_sizes,
-            f"latency_ms_batch{batch}": onnx_utils.time_ms(sess, splits.input_shape, batch),
+            **latencies(model_file, splits.input_shape, sorted({1, batch})),
         }
+        int8 = int8_record(model_file) if model_file.name == "model.int8.onnx" else None
+        if int8 is not None:
+            exported["int8"] = int8
         weights = "search"
         if final:
             from nas.report import describe_budget
@@ -242,6 +263,14 @@ def export_selected(
                 f" (recorded {r['recorded_test_accuracy']:.4f}; weights: {r['weights']}) -> {dest}",
                 flush=True,
             )
+            if r.get("int8") and not r["int8"]["pays"]:
+                q = r["int8"]
+                print(
+                    f"[export] trial {p.number}: int8 does not pay here: {q['int8_ms']:.3g} ms "
+                    f"vs fp32 {q['fp32_ms']:.3g} ms at batch {q['batch']} (kept float: "
+                    f"{', '.join(q['float_ops']) or 'nothing'}); model.onnx is the fp32 model",
+                    flush=True,
+                )
     flags = _cost_agreement(run, front, records)
     for rec, dest in zip(records, dirs, strict=True):
         rec["costs_disagree"] = flags.get(rec["trial"])
@@ -271,7 +300,7 @@ def _cost_agreement(run: Run, front: Front, records: list[dict[str, Any]]) -> di
             path, _ = deployed_onnx(model, run.splits, Path(tmp))
             rows[largest.number] = {
                 "flops": float(count_flops(model, shape)),
-                **latencies(path, shape, [batch]),
+                **latencies(path, shape, sorted({1, batch})),
             }
     return {
         n: msg for n, msg in cost_disagreements(rows).items() if n in {r["trial"] for r in records}

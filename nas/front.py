@@ -23,6 +23,10 @@ from optuna.trial import TrialState
 from nas.errors import NasError
 from nas.search._problem import Point
 
+# trial attribute (technique -> why): sampled techniques whose knobs changed nothing; they are
+# not in the trial's compression, and a point's compression shows them as {NOT_APPLIED: why}
+NOT_APPLIED = "not_applied"
+
 _CMP = {
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
@@ -161,7 +165,10 @@ def completed_points(study: optuna.Study) -> tuple[list[Point], list[Point]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = dict(t.user_attrs.get("metrics", {}))
         metrics.update(t.user_attrs.get("final_metrics", {}))
-        p = Point(t.number, dict(t.params), metrics, dict(t.user_attrs.get("compression", {})))
+        compression = dict(t.user_attrs.get("compression", {}))
+        for name, why in t.user_attrs.get(NOT_APPLIED, {}).items():
+            compression[name] = {NOT_APPLIED: why}  # sampled, but it changed nothing
+        p = Point(t.number, dict(t.params), metrics, compression)
         ok = all(v <= 0 for v in t.constraints.values())
         (feasible if ok else infeasible).append(p)
     return feasible, infeasible
@@ -380,15 +387,19 @@ DISAGREEMENT_FACTOR = 2.0
 def cost_disagreements(
     metrics: Mapping[Any, Mapping[str, Any]], factor: float = DISAGREEMENT_FACTOR
 ) -> dict[Any, str]:
-    """Models whose counted cost (multiply-adds, energy) and measured latency disagree.
+    """Models whose counted cost (multiply-adds, energy) and measured latency disagree by more
+    than the timing noise.
 
     Both are compared with the model that has the most of the counted cost: a model is flagged
-    when one ratio is ``factor`` times the other, e.g. ``flops x0.08 but latency_ms_batch1 x0.45
-    of trial 7`` (depthwise layers and small models are overhead-bound on a CPU at batch 1), or
-    the other way (int8 kernels cut latency more than multiply-adds). Returns trial -> reason.
+    when one ratio is ``factor`` times the other even at the edge of the measured spread, e.g.
+    ``flops x0.08 but latency_ms_batch1 x0.45 of trial 7`` (depthwise layers and small models
+    are overhead-bound on a CPU at batch 1), or the other way (int8 kernels cut latency more than
+    multiply-adds). Only latencies with a measured spread count (``latency_ms_batch{B}`` with its
+    ``latency_spread_batch{B}``: a relative half-range, as :func:`nas.export.latencies` records).
+    Returns trial -> reason.
     """
     reasons: dict[Any, list[str]] = {}
-    measured = sorted({k for m in metrics.values() for k in m if k.startswith("latency_ms")})
+    measured = sorted({k for m in metrics.values() for k in m if k.startswith("latency_ms_batch")})
     for proxy in PROXY_COSTS:
         have = {n: m for n, m in metrics.items() if _positive(m.get(proxy))}
         if len(have) < 2:
@@ -397,14 +408,19 @@ def cost_disagreements(
         for lat in measured:
             if not _positive(have[ref].get(lat)):
                 continue
+            spread_key = lat.replace("latency_ms_batch", "latency_spread_batch")
+            ref_spread = have[ref].get(spread_key)
             for n, m in have.items():
-                if n == ref or not _positive(m.get(lat)):
+                if n == ref or not _positive(m.get(lat)) or ref_spread is None:
+                    continue
+                if m.get(spread_key) is None:
                     continue
                 counted = m[proxy] / have[ref][proxy]
                 timed = m[lat] / have[ref][lat]
-                if timed >= factor * counted:
+                noise = 1 + float(m[spread_key]) + float(ref_spread)  # the ratio's error bound
+                if timed / noise >= factor * counted:
                     why = "latency fell less"
-                elif counted >= factor * timed:
+                elif counted >= factor * timed * noise:
                     why = "latency fell more"
                 else:
                     continue

@@ -82,6 +82,37 @@ def time_ms(
     return statistics.median(times) * 1e3
 
 
+def time_spread(
+    model: bytes | str | Path, input_shape: tuple[int, ...], batch_size: int, rounds: int = 5
+) -> tuple[float, float]:
+    """(median ms, relative spread) of a model over ``rounds`` medians of 20 runs (1 thread):
+    the spread is half the range of the round medians over their median."""
+    sess = session(model, threads=1)
+    times = [time_ms(sess, input_shape, batch_size, warmup=5, repeats=20) for _ in range(rounds)]
+    mid = statistics.median(times)
+    return mid, (max(times) - min(times)) / 2 / mid
+
+
+def faster(
+    a: bytes | str | Path,
+    b: bytes | str | Path,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    rounds: int = 5,
+) -> bool:
+    """Whether model ``a`` is faster than ``b`` by more than the timing spread: both timed in
+    alternating rounds (medians of 20 runs, 1 thread), so a busy machine slows both alike."""
+    sa, sb = session(a, threads=1), session(b, threads=1)
+    ta: list[float] = []
+    tb: list[float] = []
+    for _ in range(rounds):
+        ta.append(time_ms(sa, input_shape, batch_size, warmup=5, repeats=20))
+        tb.append(time_ms(sb, input_shape, batch_size, warmup=5, repeats=20))
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    spread = max((max(ta) - min(ta)) / 2 / ma, (max(tb) - min(tb)) / 2 / mb, 0.02)
+    return ma < mb * (1 - spread)
+
+
 def accuracy(sess, split: Any, batch_size: int = 512) -> float:
     """Top-1 accuracy of an onnxruntime session on a split (in memory or streamed)."""
     name = sess.get_inputs()[0].name

@@ -22,8 +22,9 @@ from torch import nn
 from nas.compress import Context, Criterion, Settings, Technique, as_deployed, parse_compression
 from nas.compress.distill import TEACHER_LOGITS
 from nas.config import Bound, Experiment, TrainConfig
-from nas.data import Split, Splits, load_data
+from nas.data import Split, Splits, chance_floor, load_data
 from nas.errors import NasError
+from nas.front import NOT_APPLIED
 from nas.search._fidelity import MOASHA
 from nas.search._problem import Rejected
 from nas.space import Space, build_model, check_output, resolve_space
@@ -33,9 +34,14 @@ from nas.weights import save_trial
 from objectives import OBJECTIVES, MeasureContext, Objective, directions
 
 
+REPORTED = ("flops", "params", "size_bytes")  # cheap: every trial records them
+
+
 def resolve_objectives(exp: Experiment) -> dict[str, Objective]:
-    """Every metric the search measures: the objectives, then constrained metrics not among them."""
+    """Every metric the search measures: the objectives, then constrained metrics not among them,
+    then the cheap costs of :data:`REPORTED` (recorded, never optimised unless named)."""
     names = list(exp.objectives) + [c for c in exp.constraints if c not in exp.objectives]
+    names += [n for n in REPORTED if n not in names]
     return {n: OBJECTIVES.get(n) for n in names}
 
 
@@ -99,6 +105,11 @@ class ExperimentProblem:
         self.techniques = parse_compression(self.exp.compression)
         if self.splits is None:
             self.splits = load_data(self.exp.data)
+        if "accuracy" in self.metrics:  # a model no better than guessing is never on a front
+            floor = chance_floor(self.data.val, self.data.num_classes)
+            have = self.constraints.get("accuracy")
+            if have is None or have.min is None or have.min < floor:
+                self.constraints["accuracy"] = Bound(min=floor, max=have.max if have else None)
 
     @property
     def data(self) -> Splits:
@@ -264,6 +275,9 @@ class ExperimentProblem:
             trial.set_user_attr("compression", candidate.describe())
             trial.set_user_attr("accuracy_before_compression", evaluate(model, self.data.val))
             model = compress(model, plan, ctx)
+            if model.nas_not_applied:
+                trial.set_user_attr("compression", model.nas_compression)
+                trial.set_user_attr(NOT_APPLIED, model.nas_not_applied)
             epochs = max(
                 [s.settings.finetune for s in plan] + [s.technique.min_finetune for s in plan]
             )
@@ -277,7 +291,8 @@ class ExperimentProblem:
                     criterion=criterion,
                 )
                 trial.set_user_attr("finetune_seconds", time.perf_counter() - t0)
-        return self.finish(model, candidate.describe(), ctx, trial.number)
+        compression = model.nas_compression if plan else {}  # the techniques that applied
+        return self.finish(model, compression, ctx, trial.number)
 
     def finish(
         self, model: nn.Module, compression: Mapping[str, Any], ctx: Context, number: int
@@ -298,11 +313,46 @@ class ExperimentProblem:
 
 
 def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
-    """Apply the plan's techniques in order; tag the result with what was applied."""
+    """Apply the plan's techniques in order; tag the result with what was applied
+    (``nas_compression``) and, in ``nas_not_applied``, the techniques whose knobs changed nothing
+    (e.g. a slimming ratio too small to remove one ``round_to`` group of channels): they are not
+    in the compression record, so a front never shows a knob that did nothing."""
+    applied, skipped = {}, {}
     for step in plan:
+        before = _fingerprint(model)
         model = step.technique.apply(model, step.knobs, ctx)
-    model.nas_compression = {s.technique.name: s.knobs for s in plan}  # type: ignore[assignment]
+        if _fingerprint(model) == before:
+            knobs = ", ".join(f"{k} {v}" for k, v in step.knobs.items() if not isinstance(v, dict))
+            skipped[step.technique.name] = f"changed no layer or weight at {knobs or 'its knobs'}"
+        else:
+            applied[step.technique.name] = step.knobs
+    model.nas_compression = applied  # type: ignore[assignment]
+    model.nas_not_applied = skipped  # type: ignore[assignment]
     return model
+
+
+def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
+    """What a technique can change: the layers (type, bit width, sparsity marks) and every tensor
+    of the state dict (name, shape, a digest of the values)."""
+    import hashlib
+
+    marks = ("weight_bits", "sparse_weight", "weight_codebook_bits")
+    layers = tuple(
+        (name, type(m).__name__, *(getattr(m, k, None) for k in marks))
+        for name, m in model.named_modules()
+    )
+    tensors = tuple(
+        (
+            name,
+            tuple(t.shape),
+            hashlib.blake2b(
+                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
+                digest_size=16,
+            ).digest(),
+        )
+        for name, t in model.state_dict().items()
+    )
+    return layers, tensors
 
 
 def finish_sparse(model: nn.Module, compression: Mapping[str, Any]) -> nn.Module:
@@ -328,30 +378,41 @@ def finetune_config(cfg: TrainConfig, epochs: float) -> TrainConfig:
     )
 
 
-def int8_onnx(plain: nn.Module, compression: Mapping[str, Any], ctx: Context) -> bytes | None:
+def int8_onnx(
+    plain: nn.Module,
+    compression: Mapping[str, Any],
+    ctx: Context,
+    tune_batch: int | None = None,
+) -> bytes | None:
     """The real int8 model deployed for a model quantized at 8 bits, else ``None`` (the deployed
     model is then the float export of ``plain``; below 8 bits its weights hold the dequantized
     values: simulated compute).
 
     ``plain`` is ``as_deployed(model, compression)``. int8: BN folded, onnxruntime static QDQ
-    quantization calibrated on training data.
+    quantization calibrated on training data; with ``tune_batch`` the op types whose int8 kernel
+    is slower at that batch stay float, decided by measurement (``nas export`` does this).
     """
     from nas.compress.int8_export import export_int8, export_int8_dynamic
     from nas.compress.quantize import is_int8
 
     knobs = compression.get("quantize")
-    calibration = "minmax"
     if "dfq" in compression:  # no data: dynamic quantization of the equalized model
         with tempfile.TemporaryDirectory() as tmp:
             return export_int8_dynamic(plain, ctx.input_shape, Path(tmp) / "int8.onnx").read_bytes()
     if "ptq" in compression:
-        calibration = str(compression["ptq"].get("calibration", "minmax"))
+        knobs = compression["ptq"]
     elif knobs is None or not is_int8(knobs):
         return None
     assert ctx.calib_x is not None
     with tempfile.TemporaryDirectory() as tmp:
         path = export_int8(
-            plain, ctx.input_shape, ctx.calib_x, Path(tmp) / "int8.onnx", calibration=calibration
+            plain,
+            ctx.input_shape,
+            ctx.calib_x,
+            Path(tmp) / "int8.onnx",
+            calibration=str(knobs.get("calibration", "minmax")),
+            float_stem=knobs.get("stem", "float") == "float",
+            tune_batch=tune_batch,
         )
         return Path(path).read_bytes()
 

@@ -58,9 +58,15 @@ def metric_columns(
 
 
 def describe_compression(compression: Mapping[str, Any]) -> str:
-    """``slimming 0.42, lowrank 0.5, int8`` (per-layer knobs shown as their mean)."""
+    """``slimming 0.42, lowrank 0.5, int8`` (per-layer knobs shown as their mean; a sampled
+    technique that changed nothing: ``slimming not applied``)."""
+    from nas.front import NOT_APPLIED
+
     parts = []
     for name, knobs in compression.items():
+        if isinstance(knobs, Mapping) and NOT_APPLIED in knobs:
+            parts.append(f"{name} not applied")
+            continue
         main = next(iter(knobs.values()), None) if knobs else None
         if isinstance(main, Mapping):
             main = sum(main.values()) / max(len(main), 1)

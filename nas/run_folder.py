@@ -138,7 +138,7 @@ def read_finals(run_dir: Path) -> dict[int, dict[str, Any]]:
 
 
 def select_points(run: RunFolder, front: Front, select: str | Sequence[int] | None) -> list[Point]:
-    """``front`` (default), ``knee``, or trial numbers (any completed feasible trial)."""
+    """``front`` (default), ``knee``, or trial numbers (any completed trial)."""
     select = select if select is not None else run.exp.export.select
     if isinstance(select, str) and select not in ("front", "knee"):
         try:
@@ -153,11 +153,13 @@ def select_points(run: RunFolder, front: Front, select: str | Sequence[int] | No
         return list(front.points)
     if select == "knee":
         return [front.knee()]
-    by_number = {p.number: p for p in front.candidates}
+    # by number: any completed trial, also one that broke a constraint on a trained metric (e.g.
+    # no better than chance): the user asked for it by name
+    by_number = {p.number: p for p in [*front.infeasible, *front.candidates]}
     missing = [n for n in select if n not in by_number]
     if missing:
         raise NasError(
-            f"--select: trial(s) {missing} are not completed feasible trials of "
+            f"--select: trial(s) {missing} are not completed trials of "
             f"{run.dir}; `nas front` lists the trials"
         )
     return [by_number[n] for n in select]

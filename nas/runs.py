@@ -144,7 +144,13 @@ class RunFront:
         return read_finals(self.run.dir)
 
     def to_dict(self) -> dict[str, Any]:
-        """The front as JSON-ready data; a finalized model has its ``final`` record."""
+        """The front as JSON-ready data: each model's search-time ``metrics`` (objectives,
+        constrained metrics, and flops / params / size_bytes / test_accuracy always), its
+        ``final`` record when finalized, and its ``exported`` metrics (test accuracy and latencies
+        at batch 1 and the configured batch, file sizes, int8 timing) when ``RUN_DIR/exports``
+        holds its export."""
+        import json
+
         from nas.front import final_cost_disagreements
 
         out = self.front.to_dict()
@@ -154,6 +160,11 @@ class RunFront:
             if row["number"] in finals:
                 row["final"] = finals[row["number"]]
             row["costs_disagree"] = costs.get(row["number"])
+            exported = self.run.dir / "exports" / f"trial-{row['number']:05d}" / "metrics.json"
+            try:
+                row["exported"] = json.loads(exported.read_text())["exported"]
+            except (OSError, ValueError, KeyError):
+                pass  # not exported there (or exported elsewhere with --to)
         return out
 
     def finalize(

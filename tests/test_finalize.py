@@ -93,7 +93,7 @@ def test_export_and_front_use_the_finalized_model(
     [
         (["--epochs", "0"], "--epochs must be > 0"),
         (["--epochs", "-2"], "--epochs must be > 0"),
-        (["--select", "9999"], "not completed feasible trials"),
+        (["--select", "9999"], "not completed trials"),
         (["--where", "params < 0"], "removed"),
         (["--workers", "0"], "--workers must be >= 1"),
     ],
@@ -164,17 +164,25 @@ def test_search_weights_refuses_weight_sharing(
 
 
 def test_cost_disagreements_flag_latency_bound_models() -> None:
+    def row(flops: float, ms: float, spread: float = 0.05) -> dict[str, float]:
+        return {"flops": flops, "latency_ms_batch1": ms, "latency_spread_batch1": spread}
+
     rows = {
-        1: {"flops": 1e6, "latency_ms_batch1": 1.0},
-        2: {"flops": 1e5, "latency_ms_batch1": 0.8},  # 10x fewer MACs, barely faster
-        3: {"flops": 5e5, "latency_ms_batch1": 0.5},  # agrees
-        4: {"flops": 9e5, "latency_ms_batch1": 0.2},  # int8: faster than MACs say
+        1: row(1e6, 1.0),
+        2: row(1e5, 0.8),  # 10x fewer MACs, barely faster
+        3: row(5e5, 0.5),  # agrees
+        4: row(9e5, 0.2),  # int8: faster than MACs say
+        5: row(1e5, 0.3, spread=0.6),  # 3x the MAC ratio, but within its measured noise
     }
     flags = cost_disagreements(rows)
     assert set(flags) == {2, 4}
     assert "flops x0.1 but latency_ms_batch1 x0.8 of trial 1 (latency fell less)" in flags[2]
     assert "latency fell more" in flags[4]
     assert cost_disagreements({1: {"flops": 1e6}, 2: {"flops": 1e5}}) == {}  # nothing timed
+    # a latency without a measured spread (the search-time objective) is not judged
+    unmeasured = {n: {"flops": r["flops"], "latency_ms_batch1": r["latency_ms_batch1"]}
+                  for n, r in rows.items()}  # fmt: skip
+    assert cost_disagreements(unmeasured) == {}
 
 
 def test_scratch_applies_the_searched_compression(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ class Knob:
     log: bool = False
     help: str = ""
     options: tuple[str, ...] = ()
+    outside: str = ""  # added to the error for a value outside the domain (what to write instead)
 
     def describe_domain(self) -> str:
         if self.kind == "text":
@@ -218,7 +219,8 @@ class Technique:
             if knob.kind == "int" and float(v) != int(v):
                 raise NasError(f"{where}: {v!r} must be a whole number; {fix}")
             if not knob.inside(float(v)):
-                raise NasError(f"{where}: {v!r} is outside {knob.describe_domain()}; {fix}")
+                hint = f"; {knob.outside}" if knob.outside else ""
+                raise NasError(f"{where}: {v!r} is outside {knob.describe_domain()}; {fix}{hint}")
         if rng.low is not None and rng.high is not None and rng.low > rng.high:
             raise NasError(
                 f"{where}: low <= high must hold, but got (low={rng.low}, "

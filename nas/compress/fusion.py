@@ -89,7 +89,7 @@ def fuse_verified(
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv name, BatchNorm name)`` for each BatchNorm whose only input is a conv's output."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _LayerTracer().trace(model)
     except Exception:  # fx cannot trace data-dependent control flow: use plain Sequentials
         return _sequential_pairs(model)
     modules = dict(model.named_modules())
@@ -115,6 +115,13 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         ):
             pairs.append((src.target, node.target))
     return pairs
+
+
+class _LayerTracer(fx.Tracer):
+    """Traces subclasses of conv/Linear/BatchNorm (e.g. QAT layers) as the one call they are."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (*_PRODUCERS, *_NORMS)) or super().is_leaf_module(m, qualname)
 
 
 def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:

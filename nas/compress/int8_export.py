@@ -19,7 +19,7 @@ from nas.compress.quant_ops import _is_qat, strip_qat
 _FIRST_LAYER_CHANNELS = 4  # convs with fewer input channels per group stay fp32 in int8 export
 _CALIB_BATCH = 64
 
-__all__ = ["export_int8", "export_int8_dynamic", "int8_ops"]
+__all__ = ["export_int8", "export_int8_dynamic", "int8_ops", "int8_record"]
 
 # ---------------------------------------------------------------------------------------------
 # real int8 export (onnxruntime static quantization, QDQ format)
@@ -35,6 +35,8 @@ def export_int8(
     per_channel: bool = True,
     reduce_range: bool = False,
     calibration: str = "minmax",
+    float_stem: bool = True,
+    tune_batch: int | None = None,
 ) -> Path:
     """Write a real int8 ONNX model (QDQ format) of ``model`` to ``path`` and return the path.
 
@@ -45,12 +47,20 @@ def export_int8(
     False), QUInt8 activations and MinMax ranges calibrated on ``calib_x`` (``(N, *input_shape)``,
     a few hundred training examples are plenty).
 
-    Ungrouped convs with fewer than 4 input channels (the input layer of image models) stay
-    fp32: onnxruntime's int8 kernel for them is several times slower than its fp32 one. Where
+    With ``float_stem`` (the default; the ``stem`` knob of ``quantize`` and ``ptq``), ungrouped
+    convs with fewer than 4 input channels (the input layer of image models) stay fp32:
+    onnxruntime's int8 kernel for them is several times slower than its fp32 one. Where
     such a conv is followed by ReLU then MaxPool, the two are swapped (exact: max commutes with a
     monotone function) so that onnxruntime does not move the following QuantizeLinear in front
     of the MaxPool, where a slow uint8 NCHW MaxPool would run. ``reduce_range`` (7-bit weights)
     is for CPUs without VNNI, where uint8 x int8 products can saturate.
+
+    With ``tune_batch`` (what ``nas export`` does), the choice is measured at that batch size
+    (onnxruntime, 1 thread): each op type other than Conv/Gemm/MatMul whose int8 graph is slower
+    (e.g. QLinearAveragePool) is kept float, one type at a time, where that is faster by more than
+    the timing spread; then int8 is timed against fp32. The file's metadata (``nas.int8``, JSON)
+    records the op types kept float and both latencies, and ``pays`` false when int8 is still
+    not faster (see :func:`int8_record`).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -80,28 +90,90 @@ def export_int8(
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         onnx_utils.to_onnx(folded, input_shape, fp32)
-        keep_fp32 = _prepare_graph(fp32)
+        keep_fp32 = _prepare_graph(fp32) if float_stem else []
         prepared = Path(tmp) / "prepared.onnx"
         # shape inference only: ORT's graph optimisations happen at load time anyway
         quant_pre_process(str(fp32), str(prepared), skip_optimization=True)
-        quantize_static(
-            str(prepared),
-            str(path),
-            _BatchReader(calib_x),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=(
-                CalibrationMethod.Percentile
-                if calibration == "percentile"
-                else CalibrationMethod.MinMax
-            ),
-            extra_options={"CalibPercentile": 99.99} if calibration == "percentile" else {},
-            nodes_to_exclude=keep_fp32,
-        )
+
+        def quantize(exclude: list[str], out: Path) -> Path:
+            quantize_static(
+                str(prepared),
+                str(out),
+                _BatchReader(calib_x),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=(
+                    CalibrationMethod.Percentile
+                    if calibration == "percentile"
+                    else CalibrationMethod.MinMax
+                ),
+                extra_options={"CalibPercentile": 99.99} if calibration == "percentile" else {},
+                nodes_to_exclude=keep_fp32 + exclude,
+            )
+            return out
+
+        if tune_batch is None:
+            return quantize([], path)
+        _tuned(prepared, quantize, input_shape, tune_batch, Path(tmp), path)
     return path
+
+
+_CORE_OPS = {"Conv", "Gemm", "MatMul"}  # what int8 is for: always quantized
+_TUNE_REPEATS = 5  # interleaved rounds of a median of 20 runs each
+
+
+def _tuned(prepared: Path, quantize, shape, batch: int, tmp: Path, path: Path) -> None:
+    """Quantize ``prepared`` into ``path``, each non-core op type kept float where that is
+    measurably faster; record the decision in the file's metadata."""
+    import json
+
+    import onnx
+
+    import nas.onnx_utils as onnx_utils
+
+    graph = onnx.load(str(prepared)).graph
+    by_type: dict[str, list[str]] = {}
+    for node in graph.node:
+        by_type.setdefault(node.op_type, []).append(node.name)
+    best = quantize([], tmp / "int8-all.onnx")
+    kept: list[str] = []
+    for op in sorted(set(by_type) - _CORE_OPS):
+        names = [n for t in kept for n in by_type[t]] + by_type[op]
+        trial = quantize(names, tmp / f"int8-{op}.onnx")
+        if onnx_utils.faster(trial, best, shape, batch, _TUNE_REPEATS):
+            best, kept = trial, [*kept, op]
+    fp32_ms, fp32_spread = onnx_utils.time_spread(prepared, shape, batch, _TUNE_REPEATS)
+    int8_ms, int8_spread = onnx_utils.time_spread(best, shape, batch, _TUNE_REPEATS)
+    record = {
+        "batch": batch,
+        "float_ops": kept,
+        "fp32_ms": fp32_ms,
+        "int8_ms": int8_ms,
+        "pays": int8_ms < fp32_ms,
+        "spread": max(fp32_spread, int8_spread),
+    }
+    model = onnx.load(str(best))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = INT8_METADATA, json.dumps(record)
+    onnx.save(model, str(path))
+
+
+INT8_METADATA = "nas.int8"
+
+
+def int8_record(model: bytes | str | Path) -> dict | None:
+    """What :func:`export_int8` measured (``tune_batch``): op types kept float, fp32 and int8
+    latency in ms at ``batch``, ``pays`` (int8 faster); ``None`` for an untuned file."""
+    import json
+
+    import onnx
+
+    m = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    raw = next((p.value for p in m.metadata_props if p.key == INT8_METADATA), None)
+    return None if raw is None else json.loads(raw)
 
 
 def export_int8_dynamic(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:

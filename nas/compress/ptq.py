@@ -22,6 +22,7 @@ from torch import nn
 from nas.compress._base import Context, Knob, Technique
 from nas.compress.dfq_ops import dfq
 from nas.compress.quant_ops import quantizable_layers
+from nas.compress.quantize import STEM_KNOB
 
 
 def _mark_int8(model: nn.Module) -> nn.Module:
@@ -42,6 +43,7 @@ class PTQ(Technique):
             options=("minmax", "percentile"),
             help="activation ranges: min/max or the 99.99th percentile of calibration data",
         ),
+        STEM_KNOB,
     )
     no_eligible_layer = "no Conv/Linear layer to quantize"
     exports = "model.int8.onnx (real int8, calibrated on training examples)"

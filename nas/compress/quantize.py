@@ -18,11 +18,31 @@ from torch import nn
 from nas.compress._base import Context, Knob, Technique
 from nas.compress.quant_ops import prepare_qat, quantizable_layers
 
+# the int8 export's first conv: its int8 kernel is several times slower than fp32 in onnxruntime
+STEM_KNOB = Knob(
+    "stem",
+    "choice",
+    (0.0, 0.0),
+    ("float",),
+    help="int8 export: keep the input conv (< 4 input channels) float (default) or int8 too",
+    options=("float", "int8"),
+)
+
 
 class Quantize(Technique):
     name = "quantize"
     description = "QAT with per-channel fake-quant weights (2-8 bits); real int8 export at 8 bits"
-    knobs = (Knob("bits", "int", (2, 8), (4, 8), help="weight bit width"),)
+    knobs = (
+        Knob(
+            "bits",
+            "int",
+            (2, 8),
+            (4, 8),
+            help="weight bit width",
+            outside="to search float32 (no quantization) as well, add `optional: true`",
+        ),
+        STEM_KNOB,
+    )
     no_eligible_layer = "no Conv/Linear layer to quantize"
     per_layer_knob = "bits"
     exports = "int8 ONNX (QDQ, onnxruntime) at 8 bits; packed weights below 8 bits (simulated)"

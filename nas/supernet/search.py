@@ -40,6 +40,7 @@ from torch import nn
 
 from nas.compress._base import Context
 from nas.errors import NasError
+from nas.front import NOT_APPLIED
 from nas.pipeline import (
     Candidate,
     ExperimentProblem,
@@ -220,6 +221,7 @@ class SupernetProblem(ExperimentProblem):
                 not torch.equal(v, after[k]) for k, v in before.items()
             ):
                 recalibrate_bn(model, self.calib_x)
+            return model, model.nas_compression  # the techniques that changed something
         return model, candidate.describe()
 
     def evaluate(
@@ -233,6 +235,8 @@ class SupernetProblem(ExperimentProblem):
         model, compression = self.build(candidate)
         if compression:
             trial.set_user_attr("compression", compression)
+        if getattr(model, "nas_not_applied", None):
+            trial.set_user_attr(NOT_APPLIED, model.nas_not_applied)
         model = finish_sparse(model, compression)
         plain = as_deployed(model, compression)
         onnx = int8_onnx(plain, compression, self.context())

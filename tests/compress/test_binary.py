@@ -43,9 +43,9 @@ def test_straight_through_training_and_sizes_in_bits() -> None:
     assert all(r.abs().unique().numel() == 1 for r in model[3].weight)  # one alpha per channel
     assert model[3].weight_bits == 1
     dense = model_size_bytes(_mlp())
-    # the middle layer's 32x32 weights and 32 biases at 1 bit (size_bytes counts a module's
-    # parameters at its weight_bits, as for quantize) instead of 32
-    assert dense - model_size_bytes(model) == (32 * 32 + 32) * 4 - (32 * 32 + 32) // 8
+    # the middle layer's 32x32 weights at 1 bit instead of 32, plus a float32 alpha per output
+    # channel; its 32 biases stay 32-bit
+    assert dense - model_size_bytes(model) == 32 * 32 * 4 - 32 * 32 // 8 - 32 * 4
     assert not getattr(model[3], "sparse_weight", False)
 
 

@@ -200,13 +200,26 @@ def test_size_bytes_is_four_bytes_per_param_by_default() -> None:
 def test_size_bytes_honours_weight_bits() -> None:
     q, fp = nn.Linear(10, 5), nn.Linear(5, 2)
     q.weight_bits = 8
-    assert model_size_bytes(nn.Sequential(q, fp)) == 55 * 1 + 12 * 4
+    # 50 weights at 1 byte, 5 biases at 4 (int32 in int8 ONNX), 5 per-channel float32 scales
+    assert model_size_bytes(nn.Sequential(q, fp)) == 50 * 1 + 5 * 4 + 5 * 4 + 12 * 4
+
+
+def test_size_bytes_counts_batchnorm_as_the_export_folds_it() -> None:
+    from nas.compress.fusion import fold_bn
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+        nn.BatchNorm1d(3, affine=False, track_running_stats=False),  # not foldable: kept
+    )  # fmt: skip
+    folded = fold_bn(model)
+    assert model_size_bytes(model) == 4 * count_params(folded) < 4 * count_params(model)
 
 
 def test_size_bytes_rounds_bits_up_to_bytes() -> None:
     layer = nn.Linear(3, 1, bias=False)
     layer.weight_bits = 1
-    assert model_size_bytes(layer) == 1  # 3 bits
+    assert model_size_bytes(layer) == 5  # 3 bits + a 32-bit scale
 
 
 def test_size_bytes_counts_tied_weights_once() -> None:
