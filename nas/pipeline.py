@@ -319,9 +319,12 @@ def compress(model: nn.Module, plan: list[Step], ctx: Context) -> nn.Module:
     in the compression record, so a front never shows a knob that did nothing."""
     applied, skipped = {}, {}
     for step in plan:
-        before = _fingerprint(model)
+        # a technique that also acts along training (gradual pruning's step hooks) is judged by
+        # neither: apply may only finish what training did
+        judged = type(step.technique).step_hooks is Technique.step_hooks
+        before = _fingerprint(model) if judged else None
         model = step.technique.apply(model, step.knobs, ctx)
-        if _fingerprint(model) == before:
+        if judged and _fingerprint(model) == before:
             knobs = ", ".join(f"{k} {v}" for k, v in step.knobs.items() if not isinstance(v, dict))
             skipped[step.technique.name] = f"changed no layer or weight at {knobs or 'its knobs'}"
         else:

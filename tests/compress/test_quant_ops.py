@@ -11,7 +11,7 @@ from torch import nn
 
 from nas import onnx_utils
 from nas.compress.fusion import fold_bn
-from nas.compress.int8_export import export_int8, int8_ops
+from nas.compress.int8_export import export_int8, int8_ops, int8_record
 from nas.compress.quant_ops import (
     ActFakeQuant,
     FakeQuantWeight,
@@ -275,6 +275,22 @@ def _dequantized_inputs(graph: onnx.GraphProto, op_type: str) -> list[bool]:
     ]
 
 
+def _int8_nodes(graph: onnx.GraphProto, op_type: str) -> list[bool]:
+    """For each ``op_type`` node: does it sit between DequantizeLinear and QuantizeLinear (what
+    onnxruntime fuses into an integer kernel, e.g. QLinearAveragePool)?"""
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    return [
+        producer.get(n.input[0]) == "DequantizeLinear"
+        and consumers.get(n.output[0], []) == ["QuantizeLinear"]
+        for n in graph.node
+        if n.op_type == op_type
+    ]
+
+
 @pytest.mark.parametrize(("space", "seed"), [(cnn, 1), (mobilenet, 0), (mobilenet, 1)])
 def test_export_int8_writes_a_qdq_model_that_onnxruntime_runs(space, seed, tmp_path):
     model = _sample(space, seed, input_shape=(1, 28, 28))
@@ -314,6 +330,42 @@ def test_int8_graph_keeps_maxpool_in_float_after_the_fp32_input_layer(tmp_path):
     assert "QLinearConv" in ops  # ORT fused DQ -> Conv -> Q into an integer conv
     pools = [n for n in graph.node if n.op_type == "MaxPool"]
     assert pools and producer[pools[0].input[0]] in ("Conv", "Relu")  # fp32 pool after fp32 conv
+
+
+def test_int8_stem_is_settable(tmp_path):
+    model = _sample(cnn, 1, input_shape=(1, 28, 28))
+    calib = torch.rand(64, 1, 28, 28)
+    path = export_int8(model, (1, 28, 28), calib, tmp_path / "int8.onnx", float_stem=False)
+    assert _dequantized_inputs(onnx.load(path).graph, "Conv").count(False) == 0  # all int8
+
+
+def test_int8_export_keeps_float_the_op_types_measured_faster(tmp_path, monkeypatch):
+    """The decision is the measurement's (here a stand-in that finds only the float
+    AveragePool faster); what stayed float and both latencies are in the file's metadata."""
+    import nas.onnx_utils
+
+    def faster(a, b, shape, batch, rounds):
+        def int8_pools(m):
+            return sum(_int8_nodes(onnx.load(str(m)).graph, "AveragePool"))
+
+        return int8_pools(a) < int8_pools(b)
+
+    monkeypatch.setattr(nas.onnx_utils, "faster", faster)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 10),
+    )  # fmt: skip
+    calib = torch.rand(64, 1, 28, 28)
+    untuned = export_int8(model, (1, 28, 28), calib, tmp_path / "plain.onnx")
+    assert int8_record(untuned) is None
+    assert any(_int8_nodes(onnx.load(untuned).graph, "AveragePool"))  # after the fp32 stem: float
+    path = export_int8(model, (1, 28, 28), calib, tmp_path / "tuned.onnx", tune_batch=8)
+    record = int8_record(path)
+    assert record["float_ops"] == ["AveragePool"] and record["batch"] == 8
+    assert record["pays"] == (record["int8_ms"] < record["fp32_ms"])
+    assert not any(_int8_nodes(onnx.load(path).graph, "AveragePool"))
+    assert _dequantized_inputs(onnx.load(path).graph, "Gemm") == [True]
 
 
 def test_export_int8_of_a_qat_model_and_bad_calibration(tmp_path):
