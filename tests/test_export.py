@@ -36,8 +36,11 @@ def test_export_knee_rebuilds_from_config(run_copy: Path, tmp_path: Path) -> Non
 
     onnx_out = session(d / "model.onnx").run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, model(x).detach().numpy(), atol=1e-4)
-    assert metrics["exported"]["params"] == metrics["search"]["params"]
-    assert metrics["exported"]["latency_ms_batch1"] > 0
+    exported = metrics["exported"]
+    assert exported["params"] == metrics["search"]["params"]
+    assert exported["params_deployed"] == exported["params"]  # an MLP has no BatchNorm to fold
+    assert exported["size_bytes"] == 4 * exported["params_deployed"]
+    assert exported["latency_ms_batch1"] > 0 and exported["latency_spread_batch1"] >= 0
     assert abs(metrics["exported"]["test_accuracy"] - metrics["search"]["test_accuracy"]) <= 0.005
 
 
@@ -72,3 +75,19 @@ def test_export_missing_weights_is_bad_input(
     (run_copy / "weights" / f"trial-{knee:05d}.safetensors").unlink()
     assert main(["export", str(run_copy), "--select", "knee", "--to", str(tmp_path / "o")]) == 2
     assert "weights of trial" in capsys.readouterr().err
+
+
+def test_front_json_carries_every_metric_and_the_export(run_copy: Path, capsys) -> None:
+    """params is the objective; flops and size_bytes are recorded anyway, and an exported model
+    brings its re-measured metrics."""
+    assert main(["export", str(run_copy), "--select", "knee", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["front", str(run_copy), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["front"]
+    assert all(
+        {"flops", "params", "size_bytes", "test_accuracy"} <= set(r["metrics"]) for r in rows
+    )
+    knee = Run.open(run_copy).front().knee().number
+    (row,) = [r for r in rows if r["number"] == knee]
+    assert {"latency_ms_batch1", "params_deployed", "onnx_file_bytes"} <= set(row["exported"])
+    assert all("exported" not in r for r in rows if r["number"] != knee)

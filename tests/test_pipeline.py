@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -187,3 +189,54 @@ def test_an_optional_technique_that_cannot_apply_is_left_out(tmp_path: Path) -> 
     no_bn = [t for t in trials if not t.params["batch_norm"]]
     assert no_bn and all("slimming.use" not in t.params for t in no_bn)
     assert all("compression" not in t.user_attrs for t in no_bn)
+
+
+def test_a_technique_that_changes_nothing_is_recorded_as_not_applied() -> None:
+    """Slimming at round_to 8 cannot remove a channel of 8-wide layers: the model is unchanged,
+    so the technique is not in the compression record, and the front says so."""
+    import optuna
+
+    from nas.compress import Context, parse_compression
+    from nas.pipeline import Step, compress
+    from nas.report import describe_compression
+    from nas.space import build_model
+
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    args = {"max_depth": 2, "widths": [8], "kernels": [3], "pools": ["max"]}
+    model = build_model(
+        nas.space.resolve_space("cnn"), trial, input_shape=(1, 8, 8), num_classes=3, args=args
+    )
+    (slim, settings), (quant, qsettings) = parse_compression(
+        {"slimming": {"ratio": 0.5}, "quantize": {"bits": 8}}
+    )
+    plan = [
+        Step(slim, settings, {"ratio": 0.5, "strength": 1e-4, "round_to": 8}),
+        Step(quant, qsettings, {"bits": 8, "stem": "float"}),
+    ]
+    out = compress(model, plan, Context((1, 8, 8), torch.rand(16, 1, 8, 8)))
+    assert set(out.nas_compression) == {"quantize"}
+    assert "ratio 0.5" in out.nas_not_applied["slimming"]
+    shown = describe_compression({**out.nas_compression, "slimming": {"not_applied": "..."}})
+    assert shown == "int8, slimming not applied"
+
+
+def test_chance_level_accuracy_is_infeasible(tmp_path: Path) -> None:
+    """Without an accuracy floor in the experiment, the floor is the majority-class rate plus
+    three standard errors of the validation split; a higher floor of the user's is kept."""
+    from nas.config import load_experiment
+    from nas.data import chance_floor
+    from nas.pipeline import ExperimentProblem
+
+    exp = load_experiment(experiment(tmp_path, objectives={"accuracy": "maximize"}))
+    problem = ExperimentProblem(exp, tmp_path / "run")
+    val = problem.data.val
+    rate = float(torch.bincount(val.y).max()) / len(val)
+    floor = chance_floor(val, problem.data.num_classes)
+    assert floor == pytest.approx(rate + 3 * (rate * (1 - rate) / len(val)) ** 0.5)
+    assert problem.constraints["accuracy"].min == floor
+    strict = load_experiment(
+        experiment(
+            tmp_path, objectives={"accuracy": "maximize"}, constraints={"accuracy": {"min": 0.5}}
+        )
+    )
+    assert ExperimentProblem(strict, tmp_path / "run2").constraints["accuracy"].min == 0.5
