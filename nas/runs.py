@@ -149,6 +149,7 @@ class RunFront:
         ``final`` record when finalized, and its ``exported`` metrics (test accuracy and latencies
         at batch 1 and the configured batch, file sizes, int8 timing) when ``RUN_DIR/exports``
         holds its export."""
+        import contextlib
         import json
 
         from nas.front import final_cost_disagreements
@@ -161,10 +162,9 @@ class RunFront:
                 row["final"] = finals[row["number"]]
             row["costs_disagree"] = costs.get(row["number"])
             exported = self.run.dir / "exports" / f"trial-{row['number']:05d}" / "metrics.json"
-            try:
+            # not exported there (or exported elsewhere with --to): no "exported" record
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 row["exported"] = json.loads(exported.read_text())["exported"]
-            except (OSError, ValueError, KeyError):
-                pass  # not exported there (or exported elsewhere with --to)
         return out
 
     def finalize(

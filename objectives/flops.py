@@ -7,6 +7,7 @@ folds it into the preceding convolution, so the deployed model does not run it.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -19,7 +20,9 @@ _IGNORED = ("aten::batch_norm",)
 def flops_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """fvcore's multiply-adds at batch 1 per module name (``""``: the whole model), BN not
     counted; the model's train/eval mode is kept."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore scripts a loss with torch.jit on import
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     was_training = model.training

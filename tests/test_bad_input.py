@@ -327,6 +327,12 @@ CASES: list[tuple[str, Setup | None, list[str], tuple[str, ...]]] = [
     ),
     ("yaml-technique", _exp({"compression": {"prune": {}}}), ["run", "exp.yaml"], ("'prune'",)),
     (
+        "yaml-val-too-small",  # no model could be told from guessing: nothing would be feasible
+        _exp({"data__subset": {"train": 200, "val": 3}}),
+        ["run", "exp.yaml"],
+        ("validation split has 3 example(s)", "data.subset.val"),
+    ),
+    (
         "yaml-bits-range",
         _exp({"compression": {"quantize": {"bits": [4, 32]}}}),
         ["run", "exp.yaml"],

@@ -36,7 +36,8 @@ def _base(data: dict, space: dict, compression: dict) -> dict:
         "data": {**data, "loader": {"workers": 0}},
         "space": space,
         "compression": compression,
-        "train": {"steps": 3, "batch_size": 8, "lr": 0.003},
+        # enough steps to beat guessing on 30 validation images (brightness tells the classes)
+        "train": {"steps": 24, "batch_size": 8, "lr": 0.003},
         "objectives": ["accuracy", "flops"],
         "search": {"trials": 2, "workers": 1},
         "export": {"tolerance": 0.05},
@@ -56,7 +57,7 @@ def _run_and_export(exp_file: Path) -> list[Path]:
 
 
 def test_image_folder_with_torchvision_resnet18(in_tmp: Path) -> None:
-    splits = {"train": _images(24, 0, 8), "val": _images(9, 1, 8), "test": _images(9, 2, 8)}
+    splits = {"train": _images(24, 0, 8), "val": _images(30, 1, 8), "test": _images(9, 2, 8)}
     write_imagefolder(in_tmp / "imgs", splits, CLASSES)
     exp = _base(
         {"name": "imagefolder", "root": "imgs", "transforms": {"size": 8}},
@@ -87,9 +88,14 @@ def test_image_folder_with_torchvision_resnet18(in_tmp: Path) -> None:
 
 
 def test_cifar_folder_with_timm_vit(in_tmp: Path) -> None:
-    write_cifar(in_tmp / "cifar", _images(30, 0, 32), _images(12, 1, 32), CLASSES)
+    write_cifar(in_tmp / "cifar", _images(60, 0, 32), _images(12, 1, 32), CLASSES)
     exp = _base(
-        {"name": "cifar10", "root": "cifar", "transforms": {"size": 16, "crop": "pad"}},
+        {
+            "name": "cifar10",
+            "root": "cifar",
+            "val_fraction": 0.5,  # 30 validation images
+            "transforms": {"size": 16, "crop": "pad"},
+        },
         {
             "name": "timm",
             "args": {

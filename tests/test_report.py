@@ -158,7 +158,7 @@ def test_export_best(
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
-        (["front", "{run}", "--best", "acc"], ["unknown metric 'acc'", "accuracy, params"]),
+        (["front", "{run}", "--best", "acc"], ["unknown metric 'acc'", "accuracy, flops, params"]),
         (["front", "{run}", "--best", "accuracy", "--knee"], ["only one of them"]),
         (["export", "{run}", "--knee", "--select", "front"], ["pass one of them"]),
         (

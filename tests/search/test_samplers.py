@@ -92,7 +92,7 @@ def test_an_exhausted_space_ends_the_run_with_a_reason(tmp_path, capsys) -> None
         "name": "tiny",
         "data": {"name": "digits"},
         "space": {"name": "mlp", "args": {"max_depth": 1, "widths": [8, 16]}},
-        "train": {"steps": 1},
+        "train": {"steps": 30},  # better than guessing: on the front
         "objectives": {"accuracy": "maximize", "params": "minimize"},
         "search": {"trials": 5},
     }
