@@ -429,14 +429,6 @@ def preflight(exp: Experiment, splits: Splits) -> None:
     must apply to at least one of them (a technique that applies to some candidates only is fine:
     the others are skipped with the reason recorded).
     """
-    if "accuracy" in resolve_objectives(exp):
-        floor = chance_floor(splits.val, splits.num_classes)
-        if floor >= 1.0:
-            raise NasError(
-                f"the validation split has {len(splits.val)} example(s): too few to tell any "
-                f"model from guessing (the front needs accuracy >= {floor:.2f}); give it more "
-                f"(data.val_fraction, data.subset.val, or a val split of your dataset)"
-            )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space, shape = resolve_space(exp.space.name), splits.input_shape
@@ -479,3 +471,11 @@ def preflight(exp: Experiment, splits: Splits) -> None:
         teacher = settings.knobs.get("teacher")
         if tech.training_only and teacher is not None and teacher.fixed != LARGEST:
             check_teacher(str(teacher.fixed), splits)  # a given teacher must load and fit
+    if "accuracy" in resolve_objectives(exp):  # last: the experiment's own mistakes come first
+        floor = chance_floor(splits.val, splits.num_classes)
+        if floor >= 1.0:
+            raise NasError(
+                f"the validation split has {len(splits.val)} example(s): too few to tell any "
+                f"model from guessing (the front needs accuracy >= {floor:.2f}); give it more "
+                f"(data.val_fraction, data.subset.val, or a val split of your dataset)"
+            )
