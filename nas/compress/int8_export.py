@@ -56,10 +56,11 @@ def export_int8(
     is for CPUs without VNNI, where uint8 x int8 products can saturate.
 
     With ``tune_batch`` (what ``nas export`` does), the choice is measured at that batch size
-    (onnxruntime, 1 thread): each op type other than Conv/Gemm/MatMul whose int8 graph is slower
-    (e.g. QLinearAveragePool) is kept float, one type at a time, where that is faster by more than
-    the timing spread; then int8 is timed against fp32. The file's metadata (``nas.int8``, JSON)
-    records the op types kept float and both latencies, and ``pays`` false when int8 is still
+    (onnxruntime, 1 thread): each kind of op (the op type; convs split into depthwise, grouped,
+    1x1 and the rest) is kept float, one kind at a time and the convs and matrix products last,
+    where that makes the graph faster by more than the timing spread (e.g. QLinearAveragePool, or
+    a depthwise int8 conv); then int8 is timed against fp32. The file's metadata (``nas.int8``,
+    JSON) records the kinds kept float and both latencies, and ``pays`` false when int8 is still
     not faster (see :func:`int8_record`).
     """
     from onnxruntime.quantization import (
@@ -121,30 +122,47 @@ def export_int8(
     return path
 
 
-_CORE_OPS = {"Conv", "Gemm", "MatMul"}  # what int8 is for: always quantized
+_COSTLY = ("Conv (depthwise)", "Conv (grouped)", "Conv (1x1)", "Conv", "Gemm", "MatMul")
 _TUNE_REPEATS = 5  # interleaved rounds of a median of 20 runs each
 
 
+def _kinds(graph) -> dict[str, list[str]]:
+    """Node names by kind: the op type, convs split into depthwise, grouped, 1x1 and the rest
+    (their int8 kernels differ most: onnxruntime's depthwise int8 conv can be 4x slower)."""
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    kinds: dict[str, list[str]] = {}
+    for node in graph.node:
+        kind = node.op_type
+        if kind == "Conv" and len(node.input) > 1 and node.input[1] in weights:
+            dims = weights[node.input[1]]
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if group > 1:
+                kind = "Conv (depthwise)" if dims[1] == 1 else "Conv (grouped)"
+            elif all(d == 1 for d in dims[2:]):
+                kind = "Conv (1x1)"
+        kinds.setdefault(kind, []).append(node.name)
+    return kinds
+
+
 def _tuned(prepared: Path, quantize, shape, batch: int, tmp: Path, path: Path) -> None:
-    """Quantize ``prepared`` into ``path``, each non-core op type kept float where that is
-    measurably faster; record the decision in the file's metadata."""
+    """Quantize ``prepared`` into ``path``, each kind of op kept float where that is measurably
+    faster (the cheap kinds first, then the convs and matrix products); record the decision in
+    the file's metadata."""
     import json
 
     import onnx
 
     import nas.onnx_utils as onnx_utils
 
-    graph = onnx.load(str(prepared)).graph
-    by_type: dict[str, list[str]] = {}
-    for node in graph.node:
-        by_type.setdefault(node.op_type, []).append(node.name)
+    kinds = _kinds(onnx.load(str(prepared)).graph)
+    order = sorted(k for k in kinds if k not in _COSTLY) + [k for k in _COSTLY if k in kinds]
     best = quantize([], tmp / "int8-all.onnx")
     kept: list[str] = []
-    for op in sorted(set(by_type) - _CORE_OPS):
-        names = [n for t in kept for n in by_type[t]] + by_type[op]
-        trial = quantize(names, tmp / f"int8-{op}.onnx")
+    for i, kind in enumerate(order):
+        names = [n for k in [*kept, kind] for n in kinds[k]]
+        trial = quantize(names, tmp / f"int8-{i}.onnx")
         if onnx_utils.faster(trial, best, shape, batch, _TUNE_REPEATS):
-            best, kept = trial, [*kept, op]
+            best, kept = trial, [*kept, kind]
     fp32_ms, fp32_spread = onnx_utils.time_spread(prepared, shape, batch, _TUNE_REPEATS)
     int8_ms, int8_spread = onnx_utils.time_spread(best, shape, batch, _TUNE_REPEATS)
     record = {
