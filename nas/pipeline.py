@@ -155,12 +155,20 @@ class ExperimentProblem:
         split: Split | None,
         onnx: bytes | None = None,
     ) -> dict[str, float]:
-        """Metrics whose ``needs_training`` equals ``trained`` (all of them for ``None``)."""
-        return {
-            n: o.measure(model, self._ctx(n, split, onnx))
-            for n, o in self.metrics.items()
-            if trained is None or o.needs_training == trained
-        }
+        """Metrics whose ``needs_training`` equals ``trained`` (all of them for ``None``); a
+        metric only recorded (:data:`REPORTED`, not an objective or constraint) that cannot be
+        measured on this model (e.g. fvcore cannot trace it) is left out, never fails the trial."""
+        asked = set(self.exp.objectives) | set(self.exp.constraints)
+        out = {}
+        for n, o in self.metrics.items():
+            if trained is not None and o.needs_training != trained:
+                continue
+            try:
+                out[n] = o.measure(model, self._ctx(n, split, onnx))
+            except Exception:
+                if n in asked:
+                    raise
+        return out
 
     def static(self, candidate: Candidate) -> dict[str, float]:
         model, ctx = candidate.model, self.context()

@@ -240,3 +240,29 @@ def test_chance_level_accuracy_is_infeasible(tmp_path: Path) -> None:
         )
     )
     assert ExperimentProblem(strict, tmp_path / "run2").constraints["accuracy"].min == 0.5
+
+
+def test_a_recorded_metric_that_cannot_be_measured_never_fails_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flops is recorded for every trial; where fvcore cannot count a model it is left out,
+    unless the experiment optimises or constrains it."""
+    from torch import nn
+
+    from nas.config import load_experiment
+    from nas.pipeline import ExperimentProblem
+    from objectives.flops import Flops
+
+    def fails(self, model, ctx):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(Flops, "measure", fails)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    exp = load_experiment(experiment(tmp_path))  # accuracy and params
+    got = ExperimentProblem(exp, tmp_path / "run").measure(model, trained=False, split=None)
+    assert "flops" not in got and got["params"] == 650
+    asked = load_experiment(
+        experiment(tmp_path, objectives={"accuracy": "maximize", "flops": "minimize"})
+    )
+    with pytest.raises(RuntimeError, match="cannot trace"):
+        ExperimentProblem(asked, tmp_path / "run").measure(model, trained=False, split=None)
