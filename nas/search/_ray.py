@@ -206,7 +206,8 @@ def _fit(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    key = str(run_dir.resolve())
+    run_dir = run_dir.resolve()  # Tune reads a relative folder as a URI with no scheme
+    key = str(run_dir)
     _PROBLEMS.setdefault(key, problem)
     directions = dict(problem.directions)
     searcher = OptunaSearch(

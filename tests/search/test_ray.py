@@ -227,3 +227,34 @@ def test_more_cpus_per_trial_than_any_node_has(ray_cluster: str, tmp_path: Path)
     assert done.returncode == 2
     assert "cpus_per_trial=4 but the largest Ray node has 1 CPU(s)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_relative_run_folder_is_restored_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's default run folder is relative; Tune's can_restore read it as a URI with no
+    scheme (pyarrow: 'URI has empty scheme'), so a killed driver's run could not resume."""
+    from types import SimpleNamespace
+
+    import optuna
+    from ray import tune
+
+    from nas.search import _ray
+
+    class Asked(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def can_restore(path: object, *args: object, **kwargs: object) -> bool:
+        seen.append(str(path))
+        raise Asked
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x" / "ray" / "tune-000").mkdir(parents=True)
+    monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(can_restore))
+    problem = SimpleNamespace(directions={"accuracy": "maximize"})
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    with pytest.raises(Asked):
+        _ray._fit(lambda: problem, problem, lambda: None, Path("runs/x"), 1, 1, 1, sampler, 0, {})
+    assert seen == [str(tmp_path / "runs" / "x" / "ray" / "tune-000")]
