@@ -96,6 +96,18 @@ def fail_stale(study: optuna.Study) -> None:
         fail_stale_trials(study)
 
 
+def _heartbeats(study: optuna.Study) -> bool:
+    """Whether the study's running trials record heartbeats (a database study)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def _poll_seconds(study: optuna.Study) -> float:
+    interval = study._storage.get_heartbeat_interval() or 1  # type: ignore[attr-defined]
+    return float(min(interval, 5))
+
+
 def heartbeat_thread(trial_id: int, storage: optuna.storages.BaseStorage) -> Any:
     """A thread recording the trial's heartbeat while it runs (a no-op without heartbeat)."""
     from optuna.storages._heartbeat import get_heartbeat_thread
@@ -342,20 +354,37 @@ def run_loop(
     max_rejected = max_rejected if max_rejected is not None else 20 * n_trials
     failures = _Failures()
     streak = RejectionStreak(max_streak or 20 * n_trials, problem.constraints)
+    told_waiting = False
     while deadline is None or time.time() < deadline:
         with ask_lock(study, lock):
             fail_stale(study)  # trials of workers that went silent, on any host
             c = counts(study)
-            if c.complete + c.stopped + c.running >= n_trials or c.rejected >= max_rejected:
+            done = c.complete + c.stopped
+            if done >= n_trials or c.rejected >= max_rejected:
                 return
-            t0 = time.perf_counter()
-            asked = _ask(study, problem, proposer)
-            if asked is None:
-                if warn_exhausted:
-                    log.warning(
-                        "every candidate drawn was already tried: the space looks exhausted"
-                    )
-                return
+            others = done + c.running >= n_trials  # the rest is running elsewhere
+            if others and not _heartbeats(study):
+                return  # one host: the driver recovers a dead process's trial by its pid
+            if not others:
+                t0 = time.perf_counter()
+                asked = _ask(study, problem, proposer)
+                if asked is None:
+                    if warn_exhausted:
+                        log.warning(
+                            "every candidate drawn was already tried: the space looks exhausted"
+                        )
+                    return
+        if others:
+            # stay until they finish, or until a silent one is failed and its retry is ours
+            if not told_waiting:
+                log.info(
+                    "%d trial(s) running on other workers; waiting for them (one whose worker "
+                    "died is retried once its heartbeat is stale)",
+                    c.running,
+                )
+                told_waiting = True
+            time.sleep(_poll_seconds(study))
+            continue
         trial, candidate, sample_error = asked
         beat = heartbeat_thread(trial._trial_id, study._storage)
         beat.start()

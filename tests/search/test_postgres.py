@@ -181,3 +181,42 @@ def test_the_ask_lock_is_a_postgres_advisory_lock(postgres: str, tmp_path: Path)
         assert not (tmp_path / ".ask.lock").exists()  # not the one-host file lock
     assert advisory_locks() == 0
     probe.dispose()
+
+
+def test_a_survivor_waits_for_a_dead_workers_last_trial_and_retrains_it(
+    postgres: str, tmp_path: Path
+) -> None:
+    """The last trial's worker died (its heartbeat stopped) while the others had asked for the
+    rest: a survivor does not exit with the search one short, it waits until the heartbeat is
+    stale, then trains the retry (issue 24, item 4)."""
+    import uuid
+
+    import optuna
+
+    from nas.api import _FunctionProblem
+    from nas.search._problem import SAMPLED
+    from nas.search._storage import open_storage
+    from nas.search._worker import run_loop
+
+    storage = open_storage(postgres, tmp_path, heartbeat=1)
+    study = optuna.create_study(
+        storage=storage, study_name=f"survivor-{uuid.uuid4().hex}", direction="maximize"
+    )
+    problem = _FunctionProblem(
+        lambda trial: trial.suggest_int("x", 0, 1000), lambda x: {"y": float(x)},
+        {"y": "maximize"}, {}, {},
+    )  # fmt: skip
+    lost = study.ask()  # a worker drew its candidate, beat once, and died
+    lost.suggest_int("x", 0, 1000)
+    lost.set_user_attr(SAMPLED, 0.0)
+    storage.record_heartbeat(lost._trial_id)
+    t0 = time.time()
+    run_loop(study, problem, n_trials=3, lock=tmp_path / ".ask.lock")
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    assert len(by_state[TrialState.COMPLETE]) == 3
+    assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
+    assert [t.number for t in by_state[TrialState.FAIL]] == [lost.number]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert time.time() - t0 >= 3 * 1 - 0.5  # it waited for the grace period, not less
