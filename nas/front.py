@@ -410,10 +410,10 @@ def cost_disagreements(
                 continue
             spread_key = lat.replace("latency_ms_batch", "latency_spread_batch")
             ref_spread = have[ref].get(spread_key)
+            if ref_spread is None:
+                continue
             for n, m in have.items():
-                if n == ref or not _positive(m.get(lat)) or ref_spread is None:
-                    continue
-                if m.get(spread_key) is None:
+                if n == ref or not _positive(m.get(lat)) or m.get(spread_key) is None:
                     continue
                 counted = m[proxy] / have[ref][proxy]
                 timed = m[lat] / have[ref][lat]

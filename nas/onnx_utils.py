@@ -87,10 +87,8 @@ def time_spread(
 ) -> tuple[float, float]:
     """(median ms, relative spread) of a model over ``rounds`` medians of 20 runs (1 thread):
     the spread is half the range of the round medians over their median."""
-    sess = session(model, threads=1)
-    times = [time_ms(sess, input_shape, batch_size, warmup=5, repeats=20) for _ in range(rounds)]
-    mid = statistics.median(times)
-    return mid, (max(times) - min(times)) / 2 / mid
+    (times,) = _rounds([session(model, threads=1)], input_shape, batch_size, rounds)
+    return _median_spread(times)
 
 
 def faster(
@@ -102,15 +100,25 @@ def faster(
 ) -> bool:
     """Whether model ``a`` is faster than ``b`` by more than the timing spread: both timed in
     alternating rounds (medians of 20 runs, 1 thread), so a busy machine slows both alike."""
-    sa, sb = session(a, threads=1), session(b, threads=1)
-    ta: list[float] = []
-    tb: list[float] = []
+    sessions = [session(a, threads=1), session(b, threads=1)]
+    (ma, sa), (mb, sb) = map(_median_spread, _rounds(sessions, input_shape, batch_size, rounds))
+    return ma < mb * (1 - max(sa, sb, 0.02))
+
+
+def _rounds(
+    sessions: list[Any], input_shape: tuple[int, ...], batch_size: int, rounds: int
+) -> list[list[float]]:
+    """Per session, ``rounds`` medians of 20 runs, the sessions taking turns in each round."""
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(rounds):
-        ta.append(time_ms(sa, input_shape, batch_size, warmup=5, repeats=20))
-        tb.append(time_ms(sb, input_shape, batch_size, warmup=5, repeats=20))
-    ma, mb = statistics.median(ta), statistics.median(tb)
-    spread = max((max(ta) - min(ta)) / 2 / ma, (max(tb) - min(tb)) / 2 / mb, 0.02)
-    return ma < mb * (1 - spread)
+        for sess, out in zip(sessions, times, strict=True):
+            out.append(time_ms(sess, input_shape, batch_size, warmup=5, repeats=20))
+    return times
+
+
+def _median_spread(times: list[float]) -> tuple[float, float]:
+    mid = statistics.median(times)
+    return mid, (max(times) - min(times)) / 2 / mid
 
 
 def accuracy(sess, split: Any, batch_size: int = 512) -> float:

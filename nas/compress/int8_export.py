@@ -132,10 +132,9 @@ def _kinds(graph) -> dict[str, list[str]]:
     weights = {t.name: tuple(t.dims) for t in graph.initializer}
     kinds: dict[str, list[str]] = {}
     for node in graph.node:
-        kind = node.op_type
-        if kind == "Conv" and len(node.input) > 1 and node.input[1] in weights:
-            dims = weights[node.input[1]]
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        kind, conv = node.op_type, _conv_weight(node, weights)
+        if conv is not None:
+            dims, group = conv
             if group > 1:
                 kind = "Conv (depthwise)" if dims[1] == 1 else "Conv (grouped)"
             elif all(d == 1 for d in dims[2:]):
@@ -244,16 +243,24 @@ def _prepare_graph(path: Path) -> list[str]:
     weights = {t.name: tuple(t.dims) for t in graph.initializer}
     keep = []
     for node in graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+        conv = _conv_weight(node, weights)
+        if conv is None:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        dims = weights[node.input[1]]
+        dims, group = conv
         if group == 1 and len(dims) > 1 and dims[1] < _FIRST_LAYER_CHANNELS:
             keep.append(node.name)
     if keep:
         _swap_relu_maxpool(graph, {n.output[0] for n in graph.node if n.name in keep})
         onnx.save(model, str(path))
     return keep
+
+
+def _conv_weight(node, weights: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], int] | None:
+    """A Conv node's weight shape and group count (``None`` for other nodes, or a weight that is
+    not an initializer)."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+        return None
+    return weights[node.input[1]], next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def _swap_relu_maxpool(graph, after: set[str]) -> None:
