@@ -164,11 +164,13 @@ def optimize(
     *,
     progress: bool = True,
     problem: Problem | None = None,
+    joining: bool = False,
 ) -> optuna.Study:
     """Run the search to ``settings.n_trials`` COMPLETE trials; return the study.
 
     ``factory`` must be picklable (worker processes are spawned and call it); ``problem`` may be
-    passed to reuse an already-built problem in-process when ``workers == 1``.
+    passed to reuse an already-built problem in-process when ``workers == 1``. ``joining``: this
+    process adds workers to a search another one started (said so, not "resuming").
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     problem = problem or factory()
@@ -179,10 +181,11 @@ def optimize(
     c = counts(study)
     with SearchProgress(settings.n_trials, c.complete + c.stopped, enabled=progress) as bar:
         bar.log(f"[search] {why}; {settings.workers} worker(s) x {settings.threads()} thread(s)")
-        if c.complete or c.stopped:
+        if c.complete or c.stopped or joining:
             bar.log(
-                f"[search] resuming: {c.complete} trial(s) complete, {c.stopped} stopped early, "
-                f"{c.failed} failed, {c.rejected} rejected"
+                f"[search] {'joining' if joining else 'resuming'}: {c.complete} trial(s) "
+                f"complete, {c.stopped} stopped early, {c.running} running, {c.failed} failed, "
+                f"{c.rejected} rejected"
             )
         retried = recover_stale(study, lock)
         if retried:
@@ -206,13 +209,16 @@ def optimize(
             from nas.search._ray import optimize_ray
 
             name = "tpe" if settings.sampler == "auto" else settings.sampler
-            ray_sampler, _ = make_sampler(
-                name,
-                n_objectives=len(directions),
-                n_trials=settings.n_trials,
-                workers=settings.workers,
-                seed=settings.seed,
-            )
+
+            def ray_sampler(seed: int) -> optuna.samplers.BaseSampler:
+                return make_sampler(
+                    name,
+                    n_objectives=len(directions),
+                    n_trials=settings.n_trials,
+                    workers=settings.workers,
+                    seed=seed,
+                )[0]
+
             optimize_ray(
                 factory,
                 problem,
@@ -223,9 +229,10 @@ def optimize(
                 run_dir=run_dir,
                 n_trials=settings.n_trials,
                 workers=settings.workers,
-                sampler=ray_sampler,
+                make_sampler=ray_sampler,
                 seed=settings.seed,
                 address=settings.address,
+                max_streak=settings.max_rejections,
                 resources={"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
             )
         elif settings.workers == 1:

@@ -9,21 +9,37 @@ and ``nas export`` work unchanged. Weights go to the run folder, which every nod
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from nas.errors import NasError
-from nas.search._problem import Problem
-from nas.search._worker import LOCK_FILE, _run_trial, ask_lock, counts, worker_identity
+from nas.search._problem import SAMPLED, Problem, Rejected
+from nas.search._proposal import params_key
+from nas.search._storage import fail_lost_trial
+from nas.search._worker import (
+    LOCK_FILE,
+    RejectionStreak,
+    _run_trial,
+    _tried,
+    ask_lock,
+    counts,
+    worker_identity,
+)
 
-ROUNDS = 3
+ROUNDS = 3  # Tune runs at most: a restored one, then new ones while each adds evaluations
+REUSE_ACTORS = True  # ~0.2 s per trial instead of ~1.4 s (benchmarks/ray_overhead.py sets False)
+DRAWS = 64  # random draws that replace a sampler's repeat before the duplicate is let through
+HISTORY = "history"  # the searcher's in-memory study, warm-started from the run's study
 DONE = ".nas-done"  # marks a Tune run that finished (not to be restored)
 _PROBLEMS: dict[str, Problem] = {}  # per worker process: Ray reuses actors between trials
 _STUDIES: dict[str, optuna.Study] = {}  # likewise, so a reused actor does not reopen the study
@@ -56,6 +72,27 @@ def define(trial: optuna.Trial, *, factory: Callable[[], Problem], key: str) -> 
     _problem(factory, key).sample(trial)
 
 
+def _finished(study: optuna.Study, tune_id: str) -> FrozenTrial | None:
+    """The trial a Tune trial already ran to an end, if any: a restored Tune run re-runs what it
+    missed. A trial failed because its worker was lost (it has a retry) does not count."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        lost = t.state == TrialState.FAIL and t.number in retried
+        if t.user_attrs.get("tune_trial") == tune_id and t.state.is_finished() and not lost:
+            return t
+    return None
+
+
+def _waiting(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
+    """The queued trial (a lost trial's retry) with these params, if any."""
+    key = params_key(params)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if params_key(t.system_attrs.get("fixed_params") or {}) == key:
+            return t
+    return None
+
+
 def trainable(
     config: dict[str, Any],
     *,
@@ -64,7 +101,13 @@ def trainable(
     key: str,
     n_trials: int,
 ) -> None:
-    """One Tune trial: record it in the run's study, run it as a local worker would, report."""
+    """One Tune trial: record it in the run's study, run it as a local worker would, report.
+
+    Under the ask lock, as a local worker: a Tune trial retried after its worker died fails the
+    trial it left RUNNING and trains the same params again; a config equal to a queued retry
+    takes that trial; a config already trained, training or rejected is recorded as a rejected
+    duplicate (the searcher is told the earlier values) and not trained again.
+    """
     import ray
     from ray import tune
 
@@ -72,10 +115,10 @@ def trainable(
     study = _study(open_study, key)
     names = list(problem.directions)
     tune_id = tune.get_context().get_trial_id()
-    for t in study.get_trials(deepcopy=False):  # a restored Tune run re-runs what it missed
-        if t.user_attrs.get("tune_trial") == tune_id and t.state.is_finished():
-            _report(names, t)
-            return
+    earlier = _finished(study, tune_id)
+    if earlier is not None:
+        _report(names, earlier)
+        return
     t0 = time.perf_counter()
     fixed = optuna.trial.FixedTrial(config)
     candidate: Any = None
@@ -84,33 +127,185 @@ def trainable(
         candidate = problem.sample(fixed)
     except Exception as err:  # Rejected or not: recorded on the trial like a local worker does
         error = err
-    template = FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={k: v for k, v in config.items() if k in fixed.distributions},
-        distributions=fixed.distributions,
-        user_attrs={},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
+    params = {k: v for k, v in config.items() if k in fixed.distributions}
+    attrs: dict[str, Any] = {
+        SAMPLED: time.perf_counter() - t0,  # drawn in full: a lost trial is retried
+        "worker": worker_identity(),
+        "ray_node": ray.util.get_node_ip_address(),
+        "tune_trial": tune_id,
+    }
     with ask_lock(study, Path(key) / LOCK_FILE):  # as the local driver: count, then create
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("tune_trial") == tune_id:  # this Tune trial's earlier attempt
+                fail_lost_trial(study, t, "Ray worker lost", retry=False)  # retried right here
+                attrs.update(retry_of=t.number, retry_reason="Ray worker lost")
         c = counts(study)
         if c.complete + c.stopped + c.running >= n_trials:
             _report(names, None)  # e.g. a restored run's extra samples
             return
-        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        queued = _waiting(study, params)
+        same = _tried(study, -1).get(params_key(params))
+        dup: FrozenTrial | None = None
+        if queued is not None and study._storage.set_trial_state_values(
+            queued._trial_id, TrialState.RUNNING
+        ):
+            trial_id = queued._trial_id
+            for name, dist in fixed.distributions.items():
+                study._storage.set_trial_param(
+                    trial_id, name, dist.to_internal_repr(params[name]), dist
+                )
+            for name, value in attrs.items():
+                study._storage.set_trial_user_attr(trial_id, name, value)
+        else:
+            template = FrozenTrial(
+                number=-1,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.now(),
+                datetime_complete=None,
+                params=params,
+                distributions=fixed.distributions,
+                user_attrs=attrs,
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
+            trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+            if same is not None and error is None:  # as a local worker: not trained again
+                dup = same
+                broke = same.user_attrs.get("metrics") if same.state == TrialState.PRUNED else None
+                candidate = None
+                error = Rejected("duplicate of a candidate already tried", broke or {})
     trial = optuna.Trial(study, trial_id)
-    trial.set_user_attr("worker", worker_identity())
-    trial.set_user_attr("ray_node", ray.util.get_node_ip_address())
-    trial.set_user_attr("tune_trial", tune_id)
     frozen = _run_trial(
         study, problem, trial, candidate, error, t0, getattr(problem, "scheduler", None)
     )
-    _report(names, frozen)
+    _report(names, dup or frozen)  # a duplicate tells the searcher what its twin scored
+
+
+class _Gate(ConcurrencyLimiter):
+    """Tune's concurrency limiter that suggests a candidate only while the study needs one.
+
+    It reads the study in the driver: no suggestion while the evaluations done plus the Tune
+    trials live (running, pending, or retried after a lost worker) cover ``n_trials``; the search
+    is FINISHED once they are done, or once ``limit`` candidates finished since ``since`` were
+    rejected in a row (``why`` then says which constraint broke). No surplus Tune trial is started
+    just to be refused, and a lost trial's retry is never starved of a worker by one.
+    """
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        max_concurrent: int,
+        *,
+        open_study: Callable[[], optuna.Study],
+        key: str,
+        n_trials: int,
+        limit: int,
+        constraints: Mapping[str, Any],
+        since: datetime,
+    ) -> None:
+        super().__init__(searcher, max_concurrent)
+        self.open_study = open_study
+        self.key = key
+        self.n_trials = n_trials
+        self.limit = limit
+        self.constraints = dict(constraints)
+        self.since = since
+        self.why: str | None = None
+        self._seen: tuple[float, int] = (0.0, 0)  # (when, evaluations done) of the last read
+
+    def _done(self, fresh: bool) -> int:
+        now = time.monotonic()
+        if fresh or now - self._seen[0] >= 0.5:  # Tune asks every step: read at most 2/s then
+            study = _study(self.open_study, self.key)  # cached per process, not pickled
+            c = counts(study)
+            self.why = streak_message(study, self.since, self.limit, self.constraints)
+            self._seen = (now, c.complete + c.stopped)
+        return self._seen[1]
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        for fresh in (False, True):  # a suggestion is made on a fresh count only
+            done = self._done(fresh)
+            if done >= self.n_trials or self.why is not None:
+                return Searcher.FINISHED
+            if done + len(self.live_trials) >= self.n_trials:
+                return None  # the rest is running: ask again later
+        return super().suggest(trial_id)
+
+
+class _Search(OptunaSearch):
+    """Ray's OptunaSearch, made to search as the local driver does.
+
+    - A lost trial's queued retry (WAITING in the run's study) is suggested before anything new,
+      in a restored Tune run too.
+    - A candidate already trained, training or rejected is not suggested again: the sampler's
+      repeat (TPE re-draws the same point of a small space) is forgotten and replaced by a random
+      draw, up to ``DRAWS`` times (then the trial records the duplicate and is not trained).
+    - A trial with no values (rejected, failed, refused) is told FAIL; the stock searcher passes
+      Optuna the NaN it reported, which Optuna refuses with a warning per trial.
+    """
+
+    def __init__(
+        self, *, open_study: Callable[[], optuna.Study], key: str, seed: int, **kwargs: Any
+    ) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.open_study = open_study
+        self.key = key
+        self._offered: set[int] = set()  # the WAITING retries handed to the sampler
+        self._suggested: set[str] = set()  # params keys suggested by this searcher
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        study = _study(self.open_study, self.key)
+        retries = set()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            params = t.system_attrs.get("fixed_params")
+            if params:
+                retries.add(params_key(params))
+                if t.number not in self._offered:
+                    self._ot_study.enqueue_trial(dict(params))  # asked next, before new ones
+                    self._offered.add(t.number)
+        tried = (set(_tried(study, -1)) | self._suggested) - retries
+        config = super().suggest(trial_id)
+        for _ in range(DRAWS):
+            if not isinstance(config, dict) or params_key(config) not in tried:
+                break
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+            own, self._ot_study.sampler = self._ot_study.sampler, self._random
+            try:
+                config = super().suggest(trial_id)
+            finally:
+                self._ot_study.sampler = own
+        if isinstance(config, dict):
+            self._suggested.add(params_key(config))
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        values = [(result or {}).get(m) for m in self.metric]
+        if any(not isinstance(v, float) or math.isnan(v) for v in values):
+            result, error = None, True
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def streak_message(
+    study: optuna.Study, since: datetime, limit: int, constraints: Mapping[str, Any]
+) -> str | None:
+    """Why to stop, if the last ``limit`` trials finished since ``since`` were all rejected."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and t.datetime_complete and t.datetime_complete >= since
+    ]
+    streak = RejectionStreak(limit, constraints)
+    try:
+        for t in sorted(done, key=lambda t: t.datetime_complete or since):
+            streak.add(t)
+    except NasError as err:
+        return str(err)
+    return None
 
 
 def optimize_ray(
@@ -122,28 +317,44 @@ def optimize_ray(
     run_dir: Path,
     n_trials: int,
     workers: int,
-    sampler: optuna.samplers.BaseSampler,
+    make_sampler: Callable[[int], optuna.samplers.BaseSampler],
     seed: int,
     address: str | None,
     resources: dict[str, float],
+    max_streak: int = 2000,
 ) -> None:
     """Run Tune trials until the study holds ``n_trials`` evaluations (complete, or stopped early
-    by MO-ASHA). Re-running resumes: the study keeps every finished trial and Tune runs only the
-    missing ones; a Tune trial whose worker or node died is retried (``FailureConfig``)."""
+    by MO-ASHA). Re-running resumes: the study keeps every finished trial, trials a dead driver
+    left RUNNING are failed and queued again, and Tune runs only the missing ones; a Tune trial
+    whose worker or node died is retried with the same params (``FailureConfig``).
+
+    ``make_sampler(seed)`` builds the searcher's sampler; a new Tune run gets the seed plus the
+    number of trials so far (a resumed run does not re-draw the first run's candidates) and the
+    study's completed trials as its history.
+    """
     import ray
 
     if not ray.is_initialized():
         check_address(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     check_resources(resources)
-    for _ in range(ROUNDS):  # rejected candidates count as Tune samples: top up
+    since = datetime.now()
+    _fail_leftovers(study, "Ray driver lost", retry=True)  # no Tune trial runs before we start one
+    stuck = False
+    for _ in range(ROUNDS):
         c = counts(study)
         done = c.complete + c.stopped  # evaluations, as the local driver counts them
-        if done >= n_trials:
+        if done >= n_trials or stuck:  # done, or a new Tune run added nothing: say why above
             return
-        _fit(factory, problem, open_study, run_dir, n_trials - done, n_trials, workers, sampler,
-             seed, resources)  # fmt: skip
-        _fail_leftovers(study)
+        sampler = make_sampler(seed + len(study.get_trials(deepcopy=False)))
+        restored = _fit(factory, problem, open_study, run_dir, n_trials, workers, sampler, seed,
+                        resources, max_streak, since)  # fmt: skip
+        k = counts(study)
+        stuck = not restored and k.complete + k.stopped == done
+        _fail_leftovers(study, "Ray worker lost", retry=False)  # failed on every Tune retry
+        why = streak_message(study, since, max_streak, problem.constraints)
+        if why is not None:
+            raise NasError(why)
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -182,12 +393,11 @@ def check_resources(resources: dict[str, float]) -> None:
             )
 
 
-def _fail_leftovers(study: optuna.Study) -> None:
-    """After a Tune run nothing runs: trials a dead Ray worker left RUNNING are failed."""
+def _fail_leftovers(study: optuna.Study, why: str, *, retry: bool) -> None:
+    """Fail the trials a lost Ray worker left RUNNING (nothing runs between Tune runs)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if "ray_node" in t.user_attrs:
-            study._storage.set_trial_user_attr(t._trial_id, "error", "Ray worker lost")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            fail_lost_trial(study, t, why, retry=retry)
 
 
 def _fit(
@@ -195,28 +405,20 @@ def _fit(
     problem: Problem,
     open_study: Callable[[], optuna.Study],
     run_dir: Path,
-    n: int,
     n_total: int,
     workers: int,
     sampler: optuna.samplers.BaseSampler,
     seed: int,
     resources: dict[str, float],
-) -> None:
+    max_streak: int = 2000,
+    since: datetime | None = None,
+) -> bool:
+    """One Tune run: the interrupted one restored (returns True), else a new one."""
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     run_dir = run_dir.resolve()  # Tune reads a relative folder as a URI with no scheme
     key = str(run_dir)
     _PROBLEMS.setdefault(key, problem)
-    directions = dict(problem.directions)
-    searcher = OptunaSearch(
-        space=functools.partial(define, factory=factory, key=key),
-        metric=list(directions),
-        mode=[d[:3] for d in directions.values()],
-        sampler=sampler,
-        seed=seed,
-    )
     fn = tune.with_resources(
         functools.partial(
             trainable, factory=factory, open_study=open_study, key=key, n_trials=n_total
@@ -226,25 +428,76 @@ def _fit(
     previous = sorted((run_dir / "ray").glob("tune-*"))
     if previous and not (previous[-1] / DONE).exists() and tune.Tuner.can_restore(previous[-1]):
         # an interrupted Tune run: restore it (its searcher's state, unfinished trials, retries)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_QUIET)
         tune.Tuner.restore(
-            str(previous[-1].resolve()), trainable=fn, resume_unfinished=True, resume_errored=True
+            str(previous[-1]), trainable=fn, resume_unfinished=True, resume_errored=True
         ).fit()
         (previous[-1] / DONE).touch()
-        return
+        return True
+    study = open_study()
+    directions = dict(problem.directions)
+    searcher = _Search(
+        open_study=open_study,
+        key=key,
+        space=functools.partial(define, factory=factory, key=key),
+        metric=list(directions),
+        mode=[d[:3] for d in directions.values()],
+        sampler=sampler,
+        seed=seed,
+        storage=_history(study, list(directions.values())),  # what was trained before
+        study_name=HISTORY,
+    )
+    done = counts(study)
     name = f"tune-{len(previous):03d}"
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=workers),
-            num_samples=n,
-            reuse_actors=True,
+            search_alg=_Gate(
+                searcher,
+                workers,
+                open_study=open_study,
+                key=key,
+                n_trials=n_total,
+                limit=max_streak,
+                constraints=problem.constraints,
+                since=since or datetime.now(),
+            ),
+            # the gate ends the run; this bounds rejected samples as the local driver does
+            num_samples=n_total - done.complete - done.stopped + 20 * n_total,
+            reuse_actors=REUSE_ACTORS,
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str((run_dir / "ray").resolve()),
+            storage_path=str(run_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=0,
         ),
     )
     tuner.fit()
     (run_dir / "ray" / name / DONE).touch()
+    return False
+
+
+class _NoMissingMetrics(logging.Filter):
+    """Drop Tune's "Failed to fetch metrics" on restore: a Tune trial reports once, at its end,
+    so one killed mid-trial has no results, and the run's study holds what it did anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to fetch metrics" not in record.getMessage()
+
+
+_QUIET = _NoMissingMetrics()
+
+
+def _history(study: optuna.Study, directions: list[str]) -> optuna.storages.InMemoryStorage:
+    """The searcher's history: the study's completed trials, in memory (a new Tune run learns
+    from every trial trained before it instead of starting over)."""
+    storage = optuna.storages.InMemoryStorage()
+    history = optuna.create_study(storage=storage, study_name=HISTORY, directions=directions)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        history.add_trial(
+            optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, values=t.values
+            )
+        )
+    return storage

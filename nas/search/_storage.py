@@ -44,15 +44,27 @@ def check_url(url: str | None) -> None:
         ) from None
 
 
-def retry_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Heartbeat callback: a trial whose worker went silent was failed; queue its params again.
+def retry_lost_trial(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "worker lost (no heartbeat)"
+) -> None:
+    """A trial whose worker died was failed: queue its params again (the heartbeat callback).
 
     (The failed trial cannot take attributes any more: the retry records why it exists.)
     """
     if not fully_drawn(trial):  # nothing was trained and its params are partial: no retry
         return
-    attrs = {"retry_of": trial.number, "retry_reason": "worker lost (no heartbeat)"}
+    attrs = {"retry_of": trial.number, "retry_reason": why}
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def fail_lost_trial(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str, *, retry: bool = True
+) -> None:
+    """Fail a RUNNING trial whose process is gone, saying why, and (``retry``) queue it again."""
+    study._storage.set_trial_user_attr(trial._trial_id, "error", why)
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    if retry:
+        retry_lost_trial(study, trial, why)
 
 
 def open_storage(

@@ -39,6 +39,7 @@ from nas.search._problem import (
     violations,
 )
 from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
+from nas.search._storage import fail_lost_trial
 
 MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
 MAX_CONSECUTIVE_FAILURES = 10  # ... and so do this many failures of any kind
@@ -170,11 +171,7 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
             drawn = fully_drawn(t)
             if ident is None or not drawn:
                 why = "worker process died while asking"
-            study._storage.set_trial_user_attr(t._trial_id, "error", why)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            if drawn:  # else nothing was trained and its params are partial: no retry
-                attrs = {"retry_of": t.number, "retry_reason": why}
-                study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            fail_lost_trial(study, t, why)  # queued again if it was drawn in full
             recovered.append(t.number)
     return recovered
 

@@ -4,15 +4,10 @@ search, with the lost trial failed by its stopped heartbeat and retried once."""
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,58 +16,19 @@ import pytest
 from optuna.trial import TrialState
 
 import nas
+from tests import clusters
 from tests.conftest import ROOT, experiment
 
 N_TRIALS = 9
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """A private PostgreSQL server on 127.0.0.1; yields a URL (trust auth, so any password)."""
-    pg = _pg_bin()
-    if pg is None:
+    if clusters.pg_bin() is None:
         pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
-    root.chmod(0o755)
-    data, sock = root / "data", root / "sock"
-    data.mkdir()
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(data, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    log = root / "server.log"
-    log.touch()
-    if as_user:
-        shutil.chown(log, "postgres")
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "nas", "--no-sync")
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "start")
-    try:
-        run("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "-d", "postgres",
-            "-c", "CREATE DATABASE nas_test")  # fmt: skip
-        yield f"postgresql://nas:s3cret-pw@127.0.0.1:{port}/nas_test"
-    finally:
-        with contextlib.suppress(Exception):
-            run(str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    with clusters.postgres_server() as url:
+        yield url
 
 
 def _wait_for(check: Callable[[], object], timeout: float = 180) -> object:
