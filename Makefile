@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-demo demo demo-search demo-finalize demo-export demo-compare test test-all \
+.PHONY: setup setup-demo demo demo-search demo-finalize demo-export demo-compare test test-faults test-all \
 	lint bench clean
 
 setup:
@@ -41,8 +41,12 @@ demo-compare:
 test: setup lint
 	$(BIN)/python -m pytest -q
 
+## Processes and Ray nodes killed at random moments (a few minutes; CI runs it after `test`).
+test-faults: setup
+	$(BIN)/python -m pytest -q -m faults
+
 test-all: setup lint
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "slow or not slow or faults"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -68,11 +68,14 @@ def _check_done(run: Path, before: dict[int, tuple[float, ...]]) -> None:
         assert (run / "weights" / f"trial-{t.number:05d}.safetensors").is_file()
 
 
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize(
+    "seed",
+    [0, 3, pytest.param(1, marks=pytest.mark.faults), pytest.param(2, marks=pytest.mark.faults)],
+)
 def test_sigkill_at_a_random_moment_then_rerun(tmp_path: Path, seed: int) -> None:
     """Seeds 0-1 kill the worker of a running trial at a random moment, 2-3 the whole `nas run`
     (driver and workers), seed 3 within the last trial. (The default suite runs 0 and 3 to stay
-    near 15 minutes; SIGTERM of the driver is tested below.)"""
+    near 15 minutes, `make test-faults` 1 and 2; SIGTERM of the driver is tested below.)"""
     rng = random.Random(seed)
     proc = _start_run(tmp_path, stderr=subprocess.STDOUT)
     run = tmp_path / RUN

@@ -1,0 +1,262 @@
+"""Distributed runs killed at random moments (several seeds), as users run them: the CLI from a
+temporary working folder with the default relative run folder (``runs/digits-quick``).
+
+- a ``nas worker`` on a PostgreSQL study (heartbeat 1 s), SIGKILLed mid-trial; seed 2 kills the
+  worker that holds the last trial, within the last heartbeat window before the end;
+- the driver (``nas run``) of a Ray run on a 2-node loopback cluster, SIGKILLed; the same command
+  is run again;
+- the Ray worker node (its raylet and every Ray worker on it), killed mid-trial.
+
+(A local worker and the local driver are killed at random moments in ``tests/test_faults.py``.)
+
+Each asserts COMPLETE == requested, nothing RUNNING or WAITING, no params trained to completion
+twice, every lost trial retried with its params, and exit code 0 (after re-running the same
+command where the fault killed the command itself). Marked ``faults``: ``make test-faults``
+(CI runs it after the default suite). With ``NAS_FAULTS_LOG=FILE`` each scenario appends its
+counts by state and recovery times to FILE (``benchmarks/distributed_faults.py`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+import nas
+from tests import clusters
+from tests.clusters import RAY, RAY_ENV, WORKER, RayCluster
+from tests.conftest import ROOT, experiment
+
+pytestmark = pytest.mark.faults
+
+TRIALS = 6
+RUN = Path("runs") / "digits-quick"
+EPOCHS = 80  # trials of 1-3 s on 2 cores: time to kill one mid-trial
+
+
+@pytest.fixture(scope="module")
+def ray() -> Iterator[RayCluster]:
+    if not RAY.exists():
+        pytest.skip("ray is not installed in this environment")
+    with clusters.ray_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def ray_two_nodes(ray: RayCluster) -> RayCluster:
+    """The cluster with its worker node up (a node-kill test before this one took it down)."""
+    if not ray.worker_node_alive():
+        ray.start_worker_node()
+    return ray
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    if clusters.pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
+    with clusters.postgres_server() as url:
+        yield url
+
+
+def _database(url: str) -> str:
+    """A fresh database on the server (each scenario's study starts empty)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"nas_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def _nas(cwd: Path, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nas.cli", *args], cwd=cwd, env=env, stdout=f, stderr=f
+        )
+
+
+def _trials(cwd: Path) -> list[FrozenTrial]:
+    try:
+        return nas.load(str(cwd / RUN)).study().get_trials(deepcopy=False)
+    except Exception:  # not created yet
+        return []
+
+
+def _wait(pred: Callable[[], Any], procs: list[subprocess.Popen[bytes]], log: Path) -> Any:
+    end = time.time() + 300
+    while time.time() < end:
+        got = pred()
+        if got:
+            return got
+        if all(p.poll() is not None for p in procs):
+            return None  # the search ended before the moment came
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting:\n" + log.read_text()[-3000:])
+
+
+def _running(cwd: Path, at: int, where: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
+    """A RUNNING trial matching ``where`` once ``at`` trials are complete."""
+    trials = _trials(cwd)
+    if sum(t.state == TrialState.COMPLETE for t in trials) < at:
+        return None
+    return next((t for t in trials if t.state == TrialState.RUNNING and where(t)), None)
+
+
+def _check(cwd: Path, scenario: str, seed: int, killed: float) -> None:
+    """The search is whole; log the counts by state and the recovery times."""
+    trials = nas.load(str(cwd / RUN)).study().get_trials()
+    by = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    assert by["COMPLETE"] == TRIALS, by
+    assert by["RUNNING"] == 0 and by["WAITING"] == 0, by
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    keys = [json.dumps(t.params, sort_keys=True) for t in done]
+    assert len(set(keys)) == len(keys), "a candidate was trained twice"
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    retry_started = None
+    for t in lost:  # every failure here is a lost trial: its params are trained again
+        (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+        assert retry.params == t.params
+        assert retry.state == TrialState.COMPLETE, (retry.number, retry.state)
+        if retry.datetime_start is not None:
+            start = retry.datetime_start.timestamp() - killed
+            retry_started = start if retry_started is None else min(retry_started, start)
+    end = max(t.datetime_complete.timestamp() for t in done if t.datetime_complete)
+    record = {
+        "scenario": scenario,
+        "seed": seed,
+        "states": {k: v for k, v in by.items() if v},
+        "lost": [t.number for t in lost],
+        "retry_started_s": None if retry_started is None else round(retry_started, 2),
+        "search_done_s": round(end - killed, 2),
+    }
+    if os.environ.get("NAS_FAULTS_LOG"):
+        with open(os.environ["NAS_FAULTS_LOG"], "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
+    postgres: str, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    at = TRIALS - 1 if seed == 2 else rng.randint(1, TRIALS - 2)  # completed at the kill
+    experiment(
+        tmp_path,
+        train__epochs=EPOCHS // 4,  # 3 processes share 2 cores here: trials of several seconds
+        search__trials=TRIALS,
+        search__workers=1,
+        search__storage=_database(postgres),
+        search__heartbeat_seconds=1,
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    log = tmp_path / "run.log"
+    procs = [_nas(tmp_path, "run", "exp.yaml", "--no-export", "-q", env=env, log=log)]
+    procs += [
+        _nas(tmp_path, "worker", str(RUN), "--wait", "120", "-q", env=env, log=log)
+        for _ in range(2)
+    ]  # started with the run: they wait for it to create the study
+    workers = {p.pid for p in procs[1:]}
+    try:
+        victim = _wait(
+            lambda: _running(tmp_path, at, lambda t: t.user_attrs["worker"]["pid"] in workers),
+            procs,
+            log,
+        )
+        killed = time.time()
+        if victim is not None:
+            time.sleep(rng.uniform(0.0, 0.5) if seed == 2 else rng.uniform(0.0, 1.5))
+            killed = time.time()
+            os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        for p in procs:
+            if victim is None or p.pid != victim.user_attrs["worker"]["pid"]:
+                assert p.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    _check(tmp_path, "nas worker on PostgreSQL", seed, killed)
+
+
+def _ray_experiment(tmp_path: Path, address: str) -> None:
+    experiment(
+        tmp_path,
+        train__epochs=EPOCHS,
+        search__trials=TRIALS,
+        search__workers=2,
+        search__backend="ray",
+        search__address=address,
+    )
+
+
+RAY_RUN = ("run", "exp.yaml", "--no-export", "-q")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_ray_driver_killed_at_a_random_moment_then_rerun(
+    ray_two_nodes: RayCluster, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    at = rng.randint(0, TRIALS - 2)
+    _ray_experiment(tmp_path, ray_two_nodes.address)
+    log = tmp_path / "run.log"
+    first = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log)
+    try:
+        _wait(lambda: _running(tmp_path, at, lambda t: True), [first], log)
+        time.sleep(rng.uniform(0.0, 1.0))
+        killed = time.time()
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    again = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log)
+    assert again.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    for noise in ("Traceback", "is not acceptable", "Failed to fetch metrics"):
+        assert noise not in text, text[-3000:]
+    _check(tmp_path, "Ray driver", seed, killed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_ray_worker_node_killed_mid_trial(
+    ray_two_nodes: RayCluster, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    at = rng.randint(0, TRIALS - 2)
+    _ray_experiment(tmp_path, ray_two_nodes.address)
+    log = tmp_path / "run.log"
+    proc = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log)
+    try:
+        victim = _wait(
+            lambda: _running(tmp_path, at, lambda t: t.user_attrs.get("ray_node") == WORKER),
+            [proc],
+            log,
+        )
+        assert victim is not None, "no trial ran on the worker node"
+        time.sleep(rng.uniform(0.0, 1.0))
+        killed = time.time()
+        ray_two_nodes.kill_worker_node()
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:  # the command itself failed: re-running it must finish the search
+        code = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log).wait(timeout=600)
+    assert code == 0, log.read_text()[-3000:]
+    _check(tmp_path, "Ray worker node", seed, killed)
