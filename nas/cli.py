@@ -96,12 +96,23 @@ def run(
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--workers", type=int, help="Worker processes here (default: search.workers).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for `nas run` to create RUN_DIR and its study (0: fail at once).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def worker(run_dir: Path, workers: int | None, quiet: bool) -> None:
-    """Add this host's workers to RUN_DIR's search (its study in a shared database)."""
+def worker(run_dir: Path, workers: int | None, wait: float, quiet: bool) -> None:
+    """Add this host's workers to RUN_DIR's search (its study in a shared database).
+
+    Start `nas run` first (it creates the run folder and the study), or give it time: `--wait`.
+    """
     from nas.runs import join
 
-    r = join(run_dir, workers=workers, progress=not quiet)
+    r = join(run_dir, workers=workers, progress=not quiet, wait=wait)
     click.echo(f"run folder: {r.dir}: the search has its trials")
 
 

@@ -6,6 +6,8 @@ Nothing outside the folder is needed to resume, inspect or export a run.
 from __future__ import annotations
 
 import functools
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,26 +277,46 @@ def run(
     return _search(r, progress=progress)
 
 
-def join(run_dir: str | Path, *, workers: int | None = None, progress: bool = True) -> Run:
+def join(
+    run_dir: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    wait: float = 0.0,
+) -> Run:
     """Add workers (on this host) to the search of an existing run folder; return the run.
 
     The run's study must be in storage every host reaches (``search.storage``, e.g.
     ``postgresql://...``) and the run folder on shared storage (trials save weights there).
+    ``nas run`` creates both: ``wait`` seconds (0: none) are given to it to do so, polling.
     """
-    r = Run.open(run_dir)
     if workers is not None and workers < 1:
         raise NasError(f"--workers must be >= 1, got {workers}")
-    try:
-        r.study()  # joins a search `nas run` started; never creates one
-    except NasError as err:
-        raise NasError(f"{err} (a worker joins the search `nas run` started)") from None
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            r = Run.open(run_dir)
+            r.study()  # joins a search `nas run` started; never creates one
+            break
+        except NasError as err:
+            if time.monotonic() >= deadline:
+                raise NasError(
+                    f"{err} (a worker joins the search `nas run` started: start it first, or "
+                    f"give it time with `nas worker {run_dir} --wait SECONDS`)"
+                ) from None
+            if progress and not told:
+                print(f"[search] waiting up to {wait:g} s for `nas run` to start the search in "
+                      f"{run_dir}", file=sys.stderr, flush=True)  # fmt: skip
+                told = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     if workers is not None:
         search = r.exp.search.model_copy(update={"workers": workers})
         r.exp = r.exp.model_copy(update={"search": search})
-    return _search(r, progress=progress)
+    return _search(r, progress=progress, joining=True)
 
 
-def _search(r: Run, *, progress: bool) -> Run:
+def _search(r: Run, *, progress: bool, joining: bool = False) -> Run:
     s = r.exp.search
     repair_storage(s.storage, r.dir)  # a torn journal tail: rewritten before anything appends
     supernet = s.mode == "supernet"
@@ -326,6 +348,7 @@ def _search(r: Run, *, progress: bool) -> Run:
         r.dir,
         progress=progress,
         problem=problem,
+        joining=joining,
     )
     if supernet:
         supernet_mode.after_search(r, progress)

@@ -169,6 +169,27 @@ def test_worker_bad_input(
     _fails(capsys, ["worker", str(run_copy), "--workers", "0"], "--workers must be >= 1")
 
 
+def test_worker_waits_for_nas_run_to_create_the_run(
+    tmp_path: Path, run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nas worker --wait` started before `nas run` created the folder joins once it exists;
+    without --wait (or past it) the one line says to start `nas run` first (issue 24, item 5)."""
+    import shutil
+    import threading
+    import time
+
+    _fails(capsys, ["worker", str(tmp_path / "nope")], "start it first, or give it time")
+    t0 = time.monotonic()
+    _fails(capsys, ["worker", str(tmp_path / "nope"), "--wait", "1.5", "-q"], "--wait SECONDS")
+    assert time.monotonic() - t0 >= 1.5
+    later = tmp_path / "later"
+    threading.Timer(1.0, shutil.copytree, (run_copy, later)).start()
+    assert main(["worker", str(later), "--wait", "60"]) == 0
+    err = capsys.readouterr().err
+    assert "waiting up to 60 s for `nas run`" in err
+    assert "[search] joining: 8 trial(s) complete" in err and "resuming" not in err
+
+
 def test_worker_on_a_finished_run_adds_nothing(
     run_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
