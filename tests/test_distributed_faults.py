@@ -5,15 +5,17 @@ temporary working folder with the default relative run folder (``runs/digits-qui
   worker that holds the last trial, within the last heartbeat window before the end;
 - the driver (``nas run``) of a Ray run on a 2-node loopback cluster, SIGKILLed; the same command
   is run again;
-- the Ray worker node (its raylet and every Ray worker on it), killed mid-trial.
+- a Ray worker process running a trial, or its whole worker node (its raylet and every Ray worker
+  on it), killed at a random moment of the trial.
 
 (A local worker and the local driver are killed at random moments in ``tests/test_faults.py``.)
 
 Each asserts COMPLETE == requested, nothing RUNNING or WAITING, no params trained to completion
 twice, every lost trial retried with its params, and exit code 0 (after re-running the same
 command where the fault killed the command itself). Marked ``faults``: ``make test-faults``
-(CI runs it after the default suite). With ``NAS_FAULTS_LOG=FILE`` each scenario appends its
-counts by state and recovery times to FILE (``benchmarks/distributed_faults.py`` does).
+(CI runs it after the default suite), except one Ray worker kill, which the default suite runs.
+With ``NAS_FAULTS_LOG=FILE`` each scenario appends its counts by state and recovery times to
+FILE (``benchmarks/distributed_faults.py`` does).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from tests import clusters
 from tests.clusters import RAY, RAY_ENV, WORKER, RayCluster
 from tests.conftest import ROOT, experiment
 
-pytestmark = pytest.mark.faults
+FAULTS = pytest.mark.faults  # `make test-faults`; one scenario stays in the default suite
 
 TRIALS = 6
 RUN = Path("runs") / "digits-quick"
@@ -147,6 +149,7 @@ def _check(cwd: Path, scenario: str, seed: int, killed: float) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+@FAULTS
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
     postgres: str, tmp_path: Path, seed: int
@@ -155,7 +158,7 @@ def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
     at = TRIALS - 1 if seed == 2 else rng.randint(1, TRIALS - 2)  # completed at the kill
     experiment(
         tmp_path,
-        train__epochs=EPOCHS // 4,  # 3 processes share 2 cores here: trials of several seconds
+        train__epochs=EPOCHS // 2,  # 3 processes share 2 cores here: trials of several seconds
         search__trials=TRIALS,
         search__workers=1,
         search__storage=_database(postgres),
@@ -177,7 +180,7 @@ def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
         )
         killed = time.time()
         if victim is not None:
-            time.sleep(rng.uniform(0.0, 0.5) if seed == 2 else rng.uniform(0.0, 1.5))
+            time.sleep(0.0 if seed == 2 else rng.uniform(0.0, 0.5))  # before the trial ends
             killed = time.time()
             os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
         for p in procs:
@@ -205,6 +208,7 @@ def _ray_experiment(tmp_path: Path, address: str) -> None:
 RAY_RUN = ("run", "exp.yaml", "--no-export", "-q")
 
 
+@FAULTS
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_ray_driver_killed_at_a_random_moment_then_rerun(
     ray_two_nodes: RayCluster, tmp_path: Path, seed: int
@@ -232,10 +236,20 @@ def test_the_ray_driver_killed_at_a_random_moment_then_rerun(
     _check(tmp_path, "Ray driver", seed, killed)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_ray_worker_node_killed_mid_trial(
-    ray_two_nodes: RayCluster, tmp_path: Path, seed: int
+@pytest.mark.parametrize(
+    ("target", "seed"),
+    [
+        ("worker process", 0),  # in the default suite
+        pytest.param("worker process", 1, marks=FAULTS),
+        pytest.param("worker node", 0, marks=FAULTS),
+        pytest.param("worker node", 1, marks=FAULTS),
+    ],
+)
+def test_a_ray_worker_killed_mid_trial(
+    ray_two_nodes: RayCluster, tmp_path: Path, seed: int, target: str
 ) -> None:
+    """The worker node (its raylet and every Ray worker on it) or the one Ray worker process
+    running a trial on it, killed at a random moment of the trial."""
     rng = random.Random(seed)
     at = rng.randint(0, TRIALS - 2)
     _ray_experiment(tmp_path, ray_two_nodes.address)
@@ -250,7 +264,10 @@ def test_the_ray_worker_node_killed_mid_trial(
         assert victim is not None, "no trial ran on the worker node"
         time.sleep(rng.uniform(0.0, 1.0))
         killed = time.time()
-        ray_two_nodes.kill_worker_node()
+        if target == "worker node":
+            ray_two_nodes.kill_worker_node()
+        else:
+            os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
         code = proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
@@ -259,4 +276,4 @@ def test_the_ray_worker_node_killed_mid_trial(
     if code != 0:  # the command itself failed: re-running it must finish the search
         code = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log).wait(timeout=600)
     assert code == 0, log.read_text()[-3000:]
-    _check(tmp_path, "Ray worker node", seed, killed)
+    _check(tmp_path, f"Ray {target}", seed, killed)
