@@ -5,7 +5,7 @@
 1. Local: the same digits experiment (trials of about a second, sampler TPE so both runs do the
    same sampling work) with 1 and then 2 worker processes on this 2-core machine; trials per
    minute between the first trial's start and the last one's end.
-2. Ray: tiny trials (1 training step) on a local Ray with ``reuse_actors``; per-trial overhead =
+2. Ray: tiny trials (20 training steps) on a local Ray with ``reuse_actors``; per-trial overhead =
    (workers x wall - the trials' own work) / trials, as in ``benchmarks/overhead.py``.
 
 Writes benchmarks/results/scaling.{json,md}.
@@ -67,7 +67,7 @@ def main() -> None:
             rows[f"local, {workers} worker(s)"] = r
         exp = dict(
             BASE,
-            train={"steps": 1, "batch_size": 32},
+            train={"steps": 20, "batch_size": 32},
             search={"trials": 60, "workers": 2, "sampler": "tpe", "backend": "ray"},
         )
         r = run(exp, tmp, "ray")
