@@ -175,6 +175,28 @@ def test_duplicates_are_not_trained_again_on_ray(ray_cluster: str, tmp_path: Pat
             assert t.user_attrs["rejected"] == "duplicate of a candidate already tried"
 
 
+def test_an_impossible_constraint_stops_a_ray_run_and_names_it(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """Every candidate breaks a static constraint: the driver's gate ends the Tune run after
+    search.max_rejections in a row and the command says which constraint, in one line."""
+    experiment(
+        tmp_path,
+        constraints={"params": {"max": 10}},  # the smallest mlp has 1,210
+        search__trials=100_000,
+        search__max_rejections=8,
+        search__backend="ray",
+        search__address=ray_cluster,
+    )
+    argv = [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "-q", "--no-export"]
+    done = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "8 candidates in a row broke a hard constraint" in line
+    assert "params <= 10" in line and "search.max_rejections=8" in line
+
+
 def test_more_cpus_per_trial_than_any_node_has(ray_cluster: str, tmp_path: Path) -> None:
     path = experiment(
         tmp_path, search__backend="ray", search__address=ray_cluster, search__cpus_per_trial=4
