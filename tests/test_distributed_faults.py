@@ -273,7 +273,7 @@ def test_a_ray_worker_killed_mid_trial(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if code != 0:  # the command itself failed: re-running it must finish the search
-        code = _nas(tmp_path, *RAY_RUN, env=RAY_ENV, log=log).wait(timeout=600)
-    assert code == 0, log.read_text()[-3000:]
+    assert code == 0, log.read_text()[-3000:]  # the run survives its worker: no re-run
+    # the lost trial was retried within the one Tune run, not by a second run filling the gap
+    assert [p.name for p in (tmp_path / RUN / "ray").glob("tune-*")] == ["tune-000"]
     _check(tmp_path, f"Ray {target}", seed, killed)
