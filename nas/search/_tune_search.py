@@ -101,7 +101,7 @@ class Search(OptunaSearch):
     def __init__(
         self, *, open_study: Callable[[], optuna.Study], key: str, seed: int, **kwargs: Any
     ) -> None:
-        super().__init__(seed=seed, **kwargs)
+        super().__init__(**kwargs)  # the sampler is seeded (a seed here too makes Ray warn)
         self.open_study = open_study
         self.key = key
         self._offered: set[int] = set()  # the WAITING retries handed to the sampler
