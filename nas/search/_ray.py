@@ -31,6 +31,7 @@ from nas.search._tune_search import (
     Search,
     history,
     open_once,
+    queued,
     streak_message,
 )
 from nas.search._worker import LOCK_FILE, _run_trial, _tried, ask_lock, counts, worker_identity
@@ -70,15 +71,6 @@ def _finished(study: optuna.Study, tune_id: str) -> FrozenTrial | None:
     for t in trials:
         lost = t.state == TrialState.FAIL and t.number in retried
         if t.user_attrs.get("tune_trial") == tune_id and t.state.is_finished() and not lost:
-            return t
-    return None
-
-
-def _waiting(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
-    """The queued trial (a lost trial's retry) with these params, if any."""
-    key = params_key(params)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if params_key(t.system_attrs.get("fixed_params") or {}) == key:
             return t
     return None
 
@@ -133,13 +125,13 @@ def trainable(
         if c.complete + c.stopped + c.running >= n_trials:
             _report(names, None)  # e.g. a restored run's extra samples
             return
-        queued = _waiting(study, params)
+        retry = queued(study).get(params_key(params))
         same = _tried(study, -1).get(params_key(params))
         dup: FrozenTrial | None = None
-        if queued is not None and study._storage.set_trial_state_values(
-            queued._trial_id, TrialState.RUNNING
+        if retry is not None and study._storage.set_trial_state_values(
+            retry._trial_id, TrialState.RUNNING
         ):
-            trial_id = queued._trial_id
+            trial_id = retry._trial_id
             for name, dist in fixed.distributions.items():
                 study._storage.set_trial_param(
                     trial_id, name, dist.to_internal_repr(params[name]), dist
@@ -299,7 +291,7 @@ def _fit(
         ).fit()
         (previous[-1] / DONE).touch()
         return True
-    study = open_study()
+    study = open_once(open_study, key)
     directions = dict(problem.directions)
     searcher = Search(
         open_study=open_study,

@@ -35,6 +35,15 @@ def open_once(open_study: Callable[[], optuna.Study], key: str) -> optuna.Study:
     return _STUDIES[key]
 
 
+def queued(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """The queued trials (lost trials' retries, WAITING) by the params key they will train."""
+    return {
+        params_key(t.system_attrs["fixed_params"]): t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if t.system_attrs.get("fixed_params")
+    }
+
+
 class Gate(ConcurrencyLimiter):
     """Tune's concurrency limiter that suggests a candidate only while the study needs one.
 
@@ -110,15 +119,12 @@ class Search(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         study = open_once(self.open_study, self.key)
-        retries = set()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            params = t.system_attrs.get("fixed_params")
-            if params:
-                retries.add(params_key(params))
-                if t.number not in self._offered:
-                    self._ot_study.enqueue_trial(dict(params))  # asked next, before new ones
-                    self._offered.add(t.number)
-        tried = (set(_tried(study, -1)) | self._suggested) - retries
+        retries = queued(study)
+        for t in retries.values():
+            if t.number not in self._offered:
+                self._ot_study.enqueue_trial(dict(t.system_attrs["fixed_params"]))  # asked next
+                self._offered.add(t.number)
+        tried = (set(_tried(study, -1)) | self._suggested) - set(retries)
         config = super().suggest(trial_id)
         for _ in range(DRAWS):
             if not isinstance(config, dict) or params_key(config) not in tried:
