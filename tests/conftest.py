@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests import clusters
+from tests.clusters import RayCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "digits_quick.yaml"
@@ -75,3 +79,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A 2-node Ray cluster on loopback for the module's tests (``tests/clusters.py``)."""
+    if not clusters.RAY.exists():
+        pytest.skip("ray is not installed in this environment")
+    with clusters.ray_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL server on 127.0.0.1; yields a URL (trust auth, so any password)."""
+    if clusters.pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
+    with clusters.postgres_server() as url:
+        yield url

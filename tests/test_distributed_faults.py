@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import nas
-from tests import clusters
-from tests.clusters import RAY, RAY_ENV, WORKER, RayCluster
+from tests.clusters import RAY_ENV, WORKER, RayCluster
 from tests.conftest import ROOT, experiment
 
 FAULTS = pytest.mark.faults  # `make test-faults`; one scenario stays in the default suite
@@ -47,28 +46,12 @@ RUN = Path("runs") / "digits-quick"
 EPOCHS = 80  # trials of 1-3 s on 2 cores: time to kill one mid-trial
 
 
-@pytest.fixture(scope="module")
-def ray() -> Iterator[RayCluster]:
-    if not RAY.exists():
-        pytest.skip("ray is not installed in this environment")
-    with clusters.ray_cluster() as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def ray_two_nodes(ray: RayCluster) -> RayCluster:
+def ray_two_nodes(ray_cluster: RayCluster) -> RayCluster:
     """The cluster with its worker node up (a node-kill test before this one took it down)."""
-    if not ray.worker_node_alive():
-        ray.start_worker_node()
-    return ray
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    if clusters.pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
-    with clusters.postgres_server() as url:
-        yield url
+    if not ray_cluster.worker_node_alive():
+        ray_cluster.start_worker_node()
+    return ray_cluster
 
 
 def _database(url: str) -> str:

@@ -9,26 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from optuna.trial import TrialState
 
 import nas
-from tests import clusters
 from tests.conftest import ROOT, experiment
 
 N_TRIALS = 9
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A private PostgreSQL server on 127.0.0.1; yields a URL (trust auth, so any password)."""
-    if clusters.pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed; the README's set-up installs it (postgresql)")
-    with clusters.postgres_server() as url:
-        yield url
 
 
 def _wait_for(check: Callable[[], object], timeout: float = 180) -> object:

@@ -9,31 +9,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 import nas
-from tests import clusters
-from tests.clusters import RAY, RAY_ENV
+from tests.clusters import RAY_ENV, RayCluster
 from tests.conftest import ROOT, experiment
-
-ENV = RAY_ENV
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    if not RAY.exists():
-        pytest.skip("ray is not installed in this environment")
-    with clusters.ray_cluster() as cluster:
-        yield cluster.address
 
 
 @pytest.mark.faults  # with the fault module: `make test-faults`
 def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
-    ray_cluster: str, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
     path = experiment(
         tmp_path,
@@ -41,7 +29,7 @@ def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
         search__trials=10,
         search__workers=2,
         search__backend="ray",
-        search__address=ray_cluster,
+        search__address=ray_cluster.address,
     )
     out = tmp_path / "run"
     log = tmp_path / "run.log"
@@ -49,7 +37,7 @@ def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
         proc = subprocess.Popen(
             [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
              "--no-export"],
-            cwd=ROOT, env=ENV, stdout=f, stderr=f,
+            cwd=ROOT, env=RAY_ENV, stdout=f, stderr=f,
         )  # fmt: skip
     try:
         victim = None
@@ -82,21 +70,21 @@ def test_ray_backend_runs_on_both_nodes_and_survives_a_killed_worker(
     assert killed.user_attrs["error"] == "Ray worker lost"
 
 
-def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
+def test_mo_asha_stops_trials_on_ray(ray_cluster: RayCluster, tmp_path: Path) -> None:
     path = experiment(
         tmp_path,
         train__epochs=4,
         search__trials=10,
         search__workers=2,
         search__backend="ray",
-        search__address=ray_cluster,
+        search__address=ray_cluster.address,
         search__fidelity={"eta": 2},
     )
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
          "--no-export"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=RAY_ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     trials = nas.load(str(out)).study().get_trials()
@@ -108,7 +96,7 @@ def test_mo_asha_stops_trials_on_ray(ray_cluster: str, tmp_path: Path) -> None:
 
 @pytest.mark.faults
 def test_an_interrupted_ray_run_resumes_with_tuner_restore(
-    ray_cluster: str, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
     path = experiment(
         tmp_path,
@@ -116,12 +104,12 @@ def test_an_interrupted_ray_run_resumes_with_tuner_restore(
         search__trials=8,
         search__workers=2,
         search__backend="ray",
-        search__address=ray_cluster,
+        search__address=ray_cluster.address,
     )
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(out), "-q",
             "--no-export"]  # fmt: skip
-    first = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(argv, cwd=ROOT, env=RAY_ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         end = time.time() + 300
@@ -138,7 +126,7 @@ def test_an_interrupted_ray_run_resumes_with_tuner_restore(
         if first.poll() is None:
             first.kill()
     kept = {t.number for t in nas.load(str(out)).study().get_trials() if t.state.is_finished()}
-    again = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(argv, cwd=ROOT, env=RAY_ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(list((out / "ray").glob("tune-000/*.json"))) >= 1  # the restored Tune run
     trials = nas.load(str(out)).study().get_trials()
@@ -148,7 +136,7 @@ def test_an_interrupted_ray_run_resumes_with_tuner_restore(
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
-def test_duplicates_are_not_trained_again_on_ray(ray_cluster: str, tmp_path: Path) -> None:
+def test_duplicates_are_not_trained_again_on_ray(ray_cluster: RayCluster, tmp_path: Path) -> None:
     """A 12-model space, 10 trials, TPE (what `auto` means on Ray), run as users do (the CLI in
     a temporary folder, default run folder): TPE re-draws models of a small space; none is
     trained twice (issue 24, item 3: 12 trials trained the same params 2-3 times)."""
@@ -159,10 +147,12 @@ def test_duplicates_are_not_trained_again_on_ray(ray_cluster: str, tmp_path: Pat
         search__workers=2,
         search__seed=1,  # a seed beside the seeded sampler made Ray's OptunaSearch warn
         search__backend="ray",
-        search__address=ray_cluster,
+        search__address=ray_cluster.address,
     )
     argv = [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "-q", "--no-export"]
-    done = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=RAY_ENV, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for noise in ("is not acceptable", "has to be passed to the sampler"):
         assert noise not in done.stderr, done.stderr[-3000:]
@@ -178,7 +168,7 @@ def test_duplicates_are_not_trained_again_on_ray(ray_cluster: str, tmp_path: Pat
 
 
 def test_an_impossible_constraint_stops_a_ray_run_and_names_it(
-    ray_cluster: str, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
     """Every candidate breaks a static constraint: the driver's gate ends the Tune run after
     search.max_rejections in a row and the command says which constraint, in one line."""
@@ -188,10 +178,12 @@ def test_an_impossible_constraint_stops_a_ray_run_and_names_it(
         search__trials=100_000,
         search__max_rejections=8,
         search__backend="ray",
-        search__address=ray_cluster,
+        search__address=ray_cluster.address,
     )
     argv = [sys.executable, "-m", "nas.cli", "run", "exp.yaml", "-q", "--no-export"]
-    done = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=RAY_ENV, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
@@ -199,12 +191,15 @@ def test_an_impossible_constraint_stops_a_ray_run_and_names_it(
     assert "params <= 10" in line and "search.max_rejections=8" in line
 
 
-def test_more_cpus_per_trial_than_any_node_has(ray_cluster: str, tmp_path: Path) -> None:
+def test_more_cpus_per_trial_than_any_node_has(ray_cluster: RayCluster, tmp_path: Path) -> None:
     path = experiment(
-        tmp_path, search__backend="ray", search__address=ray_cluster, search__cpus_per_trial=4
+        tmp_path,
+        search__backend="ray",
+        search__address=ray_cluster.address,
+        search__cpus_per_trial=4,
     )
     argv = [sys.executable, "-m", "nas.cli", "run", str(path), "--out", str(tmp_path / "run")]
-    done = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, cwd=ROOT, env=RAY_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "cpus_per_trial=4 but the largest Ray node has 1 CPU(s)" in done.stderr
     assert "Traceback" not in done.stderr
