@@ -439,6 +439,7 @@ CASES: list[tuple[str, Setup | None, list[str], tuple[str, ...]]] = [
     ("finalize-workers", None, ["finalize", RUN, "--workers", "0"], ("--workers",)),
     ("worker-no-study", _edit_run(_no_study), ["worker", RUN], ("no study", "nas run")),
     ("worker-workers", None, ["worker", RUN, "--workers", "0"], ("--workers",)),
+    ("worker-wait-negative", None, ["worker", RUN, "--wait", "-1"], ("--wait", "x>=0")),
     ("worker-not-a-run", _text("plain/x.txt", "x"), ["worker", "plain"], ("not a run folder",)),
     ("doctor-not-a-run", _text("plain/x.txt", "x"), ["doctor", "plain"], ("not a run folder",)),
     ("doctor-no-study", _edit_run(_no_study), ["doctor", RUN], ("no study",)),
