@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -179,3 +180,68 @@ def _check_directions(study: optuna.Study, directions: list[str]) -> None:
             f"the stored study optimises {have}, the experiment asks for {directions}; "
             f"use a new run folder (--out) for different objectives"
         )
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and queue again, see ``retry_lost_trial``) trials whose heartbeat stopped."""
+    from optuna.storages import fail_stale_trials
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def heartbeats_on(study: optuna.Study) -> bool:
+    """Whether the study's running trials record heartbeats (a database study)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def poll_seconds(study: optuna.Study) -> float:
+    """How often a worker waiting on others looks again: the heartbeat interval, at most 5 s."""
+    interval = study._storage.get_heartbeat_interval() or 1  # type: ignore[attr-defined]
+    return float(min(interval, 5))
+
+
+def heartbeat_thread(trial_id: int, storage: optuna.storages.BaseStorage) -> Any:
+    """A thread recording the trial's heartbeat while it runs (a no-op without heartbeat)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial_id, storage)
+
+
+def adopt_silent(study: optuna.Study) -> list[int]:
+    """Under the ask lock, heartbeats on: record a heartbeat for each RUNNING trial that has none.
+
+    Optuna finds a trial stale only by its last heartbeat, so a worker that died between asking
+    a trial and its first heartbeat left it RUNNING for ever, and the other workers waited on it
+    for ever. A worker records its trial's first heartbeat under the lock, so one seen here with
+    none was asked by a worker that died: given a heartbeat now, it goes stale after the grace
+    period and is failed (and retried, if it was drawn in full) like any other lost trial.
+    Ray's trials record no heartbeat and are left alone. Returns the trial numbers adopted.
+    """
+    from optuna.storages._rdb import models
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return []
+    session = backend.scoped_session()
+    try:
+        rows = (
+            session.query(models.TrialModel.trial_id, models.TrialModel.number)
+            .outerjoin(models.TrialHeartbeatModel)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            .all()
+        )
+    finally:
+        session.close()
+    adopted = []
+    for trial_id, number in rows:
+        if "tune_trial" not in storage.get_trial_user_attrs(trial_id):
+            storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            adopted.append(number)
+    return adopted

@@ -39,7 +39,14 @@ from nas.search._problem import (
     violations,
 )
 from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
-from nas.search._storage import fail_lost_trial
+from nas.search._storage import (
+    adopt_silent,
+    fail_lost_trial,
+    fail_stale,
+    heartbeat_thread,
+    heartbeats_on,
+    poll_seconds,
+)
 
 MAX_CONSECUTIVE_ERRORS = 3  # the same mistake this many times in a row stops the search
 MAX_CONSECUTIVE_FAILURES = 10  # ... and so do this many failures of any kind
@@ -86,34 +93,6 @@ def ask_lock(study: optuna.Study, path: Path) -> Iterator[None]:
             yield
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-
-
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and queue again, see ``retry_lost_trial``) trials whose heartbeat stopped."""
-    from optuna.storages import fail_stale_trials
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        fail_stale_trials(study)
-
-
-def _heartbeats(study: optuna.Study) -> bool:
-    """Whether the study's running trials record heartbeats (a database study)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(study._storage)
-
-
-def _poll_seconds(study: optuna.Study) -> float:
-    interval = study._storage.get_heartbeat_interval() or 1  # type: ignore[attr-defined]
-    return float(min(interval, 5))
-
-
-def heartbeat_thread(trial_id: int, storage: optuna.storages.BaseStorage) -> Any:
-    """A thread recording the trial's heartbeat while it runs (a no-op without heartbeat)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial_id, storage)
 
 
 def _proc_start(pid: int) -> str | None:
@@ -289,6 +268,8 @@ def _ask(
     with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize":
         warnings.simplefilter("ignore", UserWarning)  # run_loop runs the heartbeat itself
         trial = study.ask()
+    if heartbeats_on(study):  # its first heartbeat under the lock: see adopt_silent
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
     trial.set_user_attr("worker", worker_identity())
     sampler = study.sampler
     if proposer is not None and not queued:
@@ -354,13 +335,17 @@ def run_loop(
     told_waiting = False
     while deadline is None or time.time() < deadline:
         with ask_lock(study, lock):
-            fail_stale(study)  # trials of workers that went silent, on any host
+            if heartbeats_on(study):
+                silent = adopt_silent(study)  # asked by a worker that died before its 1st beat
+                if silent:
+                    log.info("trial(s) %s have no heartbeat: retried once stale", silent)
+                fail_stale(study)  # trials of workers that went silent, on any host
             c = counts(study)
             done = c.complete + c.stopped
             if done >= n_trials or c.rejected >= max_rejected:
                 return
             others = done + c.running >= n_trials  # the rest is running elsewhere
-            if others and not _heartbeats(study):
+            if others and not heartbeats_on(study):
                 return  # one host: the driver recovers a dead process's trial by its pid
             if not others:
                 t0 = time.perf_counter()
@@ -380,7 +365,7 @@ def run_loop(
                     c.running,
                 )
                 told_waiting = True
-            time.sleep(_poll_seconds(study))
+            time.sleep(poll_seconds(study))
             continue
         trial, candidate, sample_error = asked
         beat = heartbeat_thread(trial._trial_id, study._storage)
