@@ -15,6 +15,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 import nas
+from nas.search._problem import fully_drawn
 from tests.conftest import ROOT, experiment
 
 N_TRIALS = 9
@@ -60,7 +61,8 @@ def test_three_workers_share_a_postgres_study_and_survive_a_sigkill(
     def victims_trial() -> object:
         for t in nas.load(str(out)).study().get_trials(deepcopy=False):
             w = t.user_attrs.get("worker", {})
-            if t.state == TrialState.RUNNING and w.get("pid") == victim_proc.pid:
+            # drawn in full: training (one killed while drawing trained nothing: not retried)
+            if t.state == TrialState.RUNNING and w.get("pid") == victim_proc.pid and fully_drawn(t):
                 return t
         return None
 
