@@ -326,10 +326,12 @@ def _run_workers(
                 if p.exitcode < 0:  # killed by a signal
                     sig = signal.Signals(-p.exitcode).name
                     retried = recover_stale(study, lock)
-                    bar.log(
-                        f"[search] worker {i} (pid {p.pid}) died with {sig}; trial(s) "
-                        f"{retried} failed and queued to retry"
+                    what = (
+                        f"trial(s) {retried} failed and queued to retry"
+                        if retried  # else another worker saw it dead first and retried it
+                        else "its trial, if any, was already queued again by another worker"
                     )
+                    bar.log(f"[search] worker {i} (pid {p.pid}) died with {sig}; {what}")
                     if restarts < MAX_RESTARTS * settings.workers:
                         restarts += 1
                         procs[i] = start(i)

@@ -137,21 +137,26 @@ def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list
     died before tagging it (ask and tag happen under that lock): it is recovered too.
     With ``own=True``, the trials of this very process are released instead (on Ctrl-C).
     """
+    with ask_lock(study, lock):
+        return fail_dead(study, own=own, untagged=True)
+
+
+def fail_dead(study: optuna.Study, *, own: bool = False, untagged: bool = False) -> list[int]:
+    """Under the ask lock: fail (and queue again) the RUNNING trials of processes on this host
+    that are gone (``own``: of this process), and with ``untagged`` those no worker tagged."""
     recovered = []
     me = worker_identity()
-    with ask_lock(study, lock):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            ident = t.user_attrs.get("worker")
-            if ident is None and own:
-                continue
-            if ident is not None and (ident != me if own else is_alive(ident)):
-                continue
-            why = "interrupted" if own else "worker process died"
-            drawn = fully_drawn(t)
-            if ident is None or not drawn:
-                why = "worker process died while asking"
-            fail_lost_trial(study, t, why)  # queued again if it was drawn in full
-            recovered.append(t.number)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ident = t.user_attrs.get("worker")
+        if ident is None and (own or not untagged):
+            continue
+        if ident is not None and (ident != me if own else is_alive(ident)):
+            continue
+        why = "interrupted" if own else "worker process died"
+        if ident is None or not fully_drawn(t):
+            why = "worker process died while asking"
+        fail_lost_trial(study, t, why)  # queued again if it was drawn in full
+        recovered.append(t.number)
     return recovered
 
 
@@ -335,6 +340,9 @@ def run_loop(
     told_waiting = False
     while deadline is None or time.time() < deadline:
         with ask_lock(study, lock):
+            dead = fail_dead(study)  # a joined worker on this host killed: retried at once
+            if dead:
+                log.info("trial(s) %s: their worker process died; failed and queued again", dead)
             if heartbeats_on(study):
                 silent = adopt_silent(study)  # asked by a worker that died before its 1st beat
                 if silent:

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nas.search._problem import fully_drawn
 from tests.conftest import QUICK, ROOT, experiment
 
 TRIALS = 10
@@ -174,3 +175,52 @@ def test_quick_experiment_two_workers_exact_count(tmp_path: Path, workers: int) 
     assert done.returncode == 0, done.stderr
     _check_complete(out)
     assert (out / "pareto.png").is_file() and (out / "front.json").is_file()
+
+
+def test_a_joined_worker_killed_mid_trial_is_retried_by_the_run(tmp_path: Path) -> None:
+    """`nas run` and a `nas worker` on one host share the default journal study; the worker is
+    SIGKILLed mid-trial. The run sees that process gone at its next ask, fails the trial and
+    trains it again. (Before: with no heartbeat on a journal, the run went on to the end, found
+    the killed trial "still running on other workers" and exited 0 one short.)"""
+    n = 6
+    experiment(tmp_path, train__epochs=50, search__trials=n, search__workers=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "runs" / "digits-quick"
+    args = [sys.executable, "-m", "nas.cli"]
+    first = subprocess.Popen(
+        [*args, "run", "exp.yaml", "--no-export", "-q"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    joined = subprocess.Popen(
+        [*args, "worker", str(run.relative_to(tmp_path)), "--wait", "120", "-q"], cwd=tmp_path,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def victims() -> object:
+        for t in _study(run).get_trials(deepcopy=False) if (run / "study.journal").exists() else []:
+            w = t.user_attrs.get("worker", {})
+            if t.state == TrialState.RUNNING and w.get("pid") == joined.pid and fully_drawn(t):
+                return t  # training (a trial lost while drawing is not retried)
+        return None
+
+    try:
+        victim = _wait_for(victims, timeout=300)
+        os.kill(joined.pid, signal.SIGKILL)
+        joined.wait()
+        log, _ = first.communicate(timeout=300)
+        assert first.returncode == 0, log
+    finally:
+        for p in (first, joined):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    trials = _study(run).get_trials(deepcopy=False)
+    by = {s: [t for t in trials if t.state == s] for s in TrialState}
+    assert len(by[TrialState.COMPLETE]) == n, [(t.number, t.state.name) for t in trials]
+    assert not by[TrialState.RUNNING] and not by[TrialState.WAITING]
+    killed = next(t for t in trials if t.number == victim.number)  # type: ignore[attr-defined]
+    assert killed.state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["retry_reason"] == "worker process died"
+    assert "still running on other workers" not in log
