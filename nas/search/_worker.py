@@ -102,14 +102,32 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def _pid_space() -> str | None:
+    """This kernel boot and PID namespace: where a process id names the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
 def worker_identity() -> dict[str, object]:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "start": _proc_start(pid),
+        "pids": _pid_space(),
+    }
 
 
 def is_alive(ident: dict[str, object]) -> bool:
-    """Whether the process that took a trial still runs (unknown hosts count as alive)."""
+    """Whether the process that took a trial still runs. One on another host, or in another
+    container or machine that shares this host name (another kernel boot or PID namespace),
+    counts as alive: its heartbeat, not its process id, tells whether it died."""
     if ident.get("host") != socket.gethostname():
+        return True
+    if ident.get("pids") is not None and ident.get("pids") != _pid_space():
         return True
     pid = int(ident.get("pid", -1))  # type: ignore[arg-type]
     try:

@@ -79,3 +79,18 @@ def test_a_kill_between_proposal_and_params_trains_no_duplicate(tmp_path: Path) 
     run_loop(study, problem, n_trials=4, lock=lock, max_streak=50)
     assert sorted(problem.trained) == sorted(set(problem.trained)), problem.trained
     assert len(problem.trained) == 4
+
+
+def test_a_dead_pid_under_the_same_host_name_elsewhere_is_not_recovered(tmp_path: Path) -> None:
+    """Two machines (or containers) with one host name: a process id recorded on the other means
+    nothing here, so its trial is left to the heartbeat instead of being failed while it trains.
+    The same dead pid recorded in this kernel boot and PID namespace is recovered."""
+    study = _study(tmp_path)
+    me = worker_identity()
+    assert me["pids"]  # this kernel boot and PID namespace
+    twin = study.ask()
+    twin.set_user_attr("worker", {**me, "pid": 2**22 + 11, "start": None, "pids": "other-boot"})
+    here = study.ask()
+    here.set_user_attr("worker", {**me, "pid": 2**22 + 13, "start": None})
+    assert recover_stale(study, tmp_path / ".ask.lock") == [here.number]
+    assert study.get_trials(deepcopy=False)[twin.number].state == TrialState.RUNNING
