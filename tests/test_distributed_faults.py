@@ -2,7 +2,9 @@
 temporary working folder with the default relative run folder (``runs/digits-quick``).
 
 - a ``nas worker`` on a PostgreSQL study (heartbeat 1 s), SIGKILLed mid-trial; seed 2 kills the
-  worker that holds the last trial, within the last heartbeat window before the end;
+  worker that holds the last trial, within the last heartbeat window before the end. On the
+  run's host (its process is seen gone) and in a PID namespace of its own, as on another
+  machine (only its stopped heartbeat tells);
 - the driver (``nas run``) of a Ray run on a 2-node loopback cluster, SIGKILLed; the same command
   is run again;
 - a Ray worker process running a trial, or its whole worker node (its raylet and every Ray worker
@@ -67,11 +69,16 @@ def _database(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
 
-def _nas(cwd: Path, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _nas(
+    cwd: Path, *args: str, env: dict[str, str], log: Path, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """The CLI (after ``prefix``: ``unshare``), in a session of its own when there is one
+    (killed as a group then: ``unshare`` and its child)."""
     with open(log, "ab") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "nas.cli", *args], cwd=cwd, env=env, stdout=f, stderr=f
-        )
+            [*prefix, sys.executable, "-m", "nas.cli", *args],
+            cwd=cwd, env=env, stdout=f, stderr=f, start_new_session=bool(prefix),
+        )  # fmt: skip
 
 
 def _trials(cwd: Path) -> list[FrozenTrial]:
@@ -137,11 +144,43 @@ def _check(cwd: Path, scenario: str, seed: int, killed: float) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "true"], timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process, and its session when it has one (``unshare`` and its child)."""
+    if os.getpgid(proc.pid) == proc.pid:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+
+
+def _pid_namespace(proc: subprocess.Popen[bytes]) -> str | None:
+    """The PID namespace of the process ``unshare --fork`` (``proc``) started."""
+    try:
+        child = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0]
+        return os.readlink(f"/proc/{child}/ns/pid")
+    except (OSError, IndexError):
+        return None
+
+
 @FAULTS
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("seed", "host"), [(0, "same"), (1, "same"), (2, "same"), (0, "other"), (2, "other")]
+)
 def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
-    postgres: str, tmp_path: Path, seed: int
+    postgres: str, tmp_path: Path, seed: int, host: str
 ) -> None:
+    """``host="same"``: the workers share the run's host; the others see the victim's process
+    gone at their next ask. ``"other"``: each ``nas worker`` runs in a PID namespace of its own
+    (``unshare --pid``), as on another machine: its process id means nothing to the others, and
+    only its stopped heartbeat tells them it died (after the 3 s grace)."""
+    if host == "other" and not _unshare_works():
+        pytest.skip("unshare --pid is not permitted here (needs CAP_SYS_ADMIN)")
     rng = random.Random(seed)
     at = TRIALS - 1 if seed == 2 else rng.randint(1, TRIALS - 2)  # completed at the kill
     experiment(
@@ -154,32 +193,46 @@ def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = tmp_path / "run.log"
-    procs = [_nas(tmp_path, "run", "exp.yaml", "--no-export", "-q", env=env, log=log)]
-    procs += [
-        _nas(tmp_path, "worker", str(RUN), "--wait", "120", "-q", env=env, log=log)
+    run = _nas(tmp_path, "run", "exp.yaml", "--no-export", "-q", env=env, log=log)
+    prefix = ("unshare", "--pid", "--fork") if host == "other" else ()
+    workers = [  # started with the run: they wait for it to create the study
+        _nas(tmp_path, "worker", str(RUN), "--wait", "120", "-q", env=env, log=log, prefix=prefix)
         for _ in range(2)
-    ]  # started with the run: they wait for it to create the study
-    workers = {p.pid for p in procs[1:]}
+    ]
+    procs = [run, *workers]
+
+    def whose(t: FrozenTrial) -> subprocess.Popen[bytes] | None:
+        ident = t.user_attrs["worker"]
+        for p in workers:
+            if host == "same" and ident["pid"] == p.pid:
+                return p
+            if host == "other" and str(ident.get("pids")).endswith("/" + str(_pid_namespace(p))):
+                return p
+        return None
+
     try:
-        victim = _wait(
-            lambda: _running(tmp_path, at, lambda t: t.user_attrs["worker"]["pid"] in workers),
-            procs,
-            log,
-        )
+        victim = _wait(lambda: _running(tmp_path, at, lambda t: whose(t) is not None), procs, log)
         killed = time.time()
+        dead = None
         if victim is not None:
             time.sleep(0.0 if seed == 2 else rng.uniform(0.0, 0.5))  # before the trial ends
+            dead = whose(victim)
+            assert dead is not None
             killed = time.time()
-            os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+            _kill(dead)
         for p in procs:
-            if victim is None or p.pid != victim.user_attrs["worker"]["pid"]:
+            if p is not dead:
                 assert p.wait(timeout=400) == 0, log.read_text()[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()
+                _kill(p)
                 p.wait()
-    _check(tmp_path, "nas worker on PostgreSQL", seed, killed)
+    scenario = "nas worker on PostgreSQL" + (", own PID namespace" if host == "other" else "")
+    _check(tmp_path, scenario, seed, killed)
+    why = "worker process died" if host == "same" else "worker lost (no heartbeat)"
+    trials = nas.load(str(tmp_path / RUN)).study().get_trials(deepcopy=False)
+    assert {t.user_attrs["retry_reason"] for t in trials if "retry_of" in t.user_attrs} <= {why}
 
 
 def _ray_experiment(tmp_path: Path, address: str) -> None:
