@@ -93,7 +93,8 @@ def _study_file(run: Run, repair: bool, note: Callable[[str, str], None]) -> Non
 
 
 def _running(run: Run, study: optuna.Study, repair: bool, note: Callable[[str, str], None]) -> None:
-    from nas.search._worker import LOCK_FILE, counts, is_alive, recover_stale
+    from nas.search._process import is_alive
+    from nas.search._worker import LOCK_FILE, counts, recover_stale
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [t.number for t in running if not is_alive(t.user_attrs.get("worker") or {})]

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import NasError
 from nas.search._problem import SAMPLED, Problem, Rejected
+from nas.search._process import worker_identity
 from nas.search._proposal import params_key
 from nas.search._storage import fail_lost_trial
 from nas.search._tune_search import (
@@ -34,7 +35,7 @@ from nas.search._tune_search import (
     queued,
     streak_message,
 )
-from nas.search._worker import LOCK_FILE, _run_trial, _tried, ask_lock, counts, worker_identity
+from nas.search._worker import LOCK_FILE, _run_trial, _tried, ask_lock, counts
 
 ROUNDS = 3  # Tune runs at most: a restored one, then new ones while each adds evaluations
 REUSE_ACTORS = True  # ~0.2 s per trial instead of ~1.4 s (benchmarks/ray_overhead.py sets False)

@@ -12,9 +12,7 @@ import fcntl
 import logging
 import math
 import numbers
-import os
 import re
-import socket
 import time
 import traceback
 import warnings
@@ -38,6 +36,7 @@ from nas.search._problem import (
     fully_drawn,
     violations,
 )
+from nas.search._process import is_alive, worker_identity
 from nas.search._proposal import ProposedSampler, Proposer, params_key, read_history
 from nas.search._storage import (
     adopt_silent,
@@ -93,59 +92,6 @@ def ask_lock(study: optuna.Study, path: Path) -> Iterator[None]:
             yield
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-
-
-def _proc_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_space() -> str | None:
-    """This kernel boot and PID namespace: where a process id names the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return None
-
-
-def worker_identity() -> dict[str, object]:
-    pid = os.getpid()
-    return {
-        "host": socket.gethostname(),
-        "pid": pid,
-        "start": _proc_start(pid),
-        "pids": _pid_space(),
-    }
-
-
-def is_alive(ident: dict[str, object]) -> bool:
-    """Whether the process that took a trial still runs. One on another host, or in another
-    container or machine that shares this host name (another kernel boot or PID namespace),
-    counts as alive: its heartbeat, not its process id, tells whether it died."""
-    if ident.get("host") != socket.gethostname():
-        return True
-    if ident.get("pids") is not None and ident.get("pids") != _pid_space():
-        return True
-    pid = int(ident.get("pid", -1))  # type: ignore[arg-type]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if _proc_state(pid) in ("Z", "X"):  # a zombie (killed, not reaped: e.g. a container's init)
-        return False
-    return ident.get("start") is None or _proc_start(pid) == ident.get("start")
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def recover_stale(study: optuna.Study, lock: Path, *, own: bool = False) -> list[int]:

@@ -111,7 +111,7 @@ def test_a_killed_but_unreaped_worker_counts_as_dead() -> None:
     import subprocess
     import time
 
-    from nas.search._worker import _proc_start, is_alive
+    from nas.search._process import _proc_start, is_alive
 
     child = subprocess.Popen(["sleep", "30"])
     ident = {"host": __import__("socket").gethostname(), "pid": child.pid}
