@@ -26,7 +26,7 @@ from nas.search._problem import Problem
 from nas.search._progress import SearchProgress
 from nas.search._proposal import Proposer
 from nas.search._samplers import make_proposer, make_sampler
-from nas.search._storage import load_study, open_storage
+from nas.search._storage import journal_write_lock, load_study, open_storage
 from nas.search._worker import LOCK_FILE, counts, recover_stale, run_loop
 
 MAX_RESTARTS = 3
@@ -338,19 +338,24 @@ def _run_workers(
                         bar.log(f"[search] restarted worker {i} (pid {procs[i].pid})")
                     continue
                 error = msg or f"worker {i} exited with code {p.exitcode}"
-                for q in procs.values():
-                    q.kill()  # workers ignore SIGTERM (it is the parent's to handle)
-                for q in procs.values():
-                    q.join()
-                procs.clear()
+                _stop(procs, study)
                 break  # the snapshot being iterated is stale now
     except KeyboardInterrupt:
-        for q in procs.values():
-            q.kill()
-        for q in procs.values():
-            q.join()
+        _stop(procs, study)
         recover_stale(study, lock)
         raise
     if error is not None:
         recover_stale(study, lock)
         raise NasError(error)
+
+
+def _stop(procs: dict[int, mp.process.BaseProcess], study: optuna.Study) -> None:
+    """SIGKILL the workers (they ignore SIGTERM: it is the parent's to handle), holding the
+    journal's write lock meanwhile: none is killed mid-write, leaving the lock behind (every
+    later write would wait for it) or a torn record."""
+    with journal_write_lock(study):
+        for q in procs.values():
+            q.kill()
+        for q in procs.values():
+            q.join()
+    procs.clear()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,9 @@ def open_storage(
         path = journal_path(url, run_dir)
         check_journal(path)  # never append to a file that is not a study journal
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        # absolute: Optuna's lock is a symlink to this path, and it can only tell a lock left
+        # by a killed writer (and break it after its grace period) when the link resolves
+        backend = optuna.storages.journal.JournalFileBackend(str(path.resolve()))
         return optuna.storages.JournalStorage(backend)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
@@ -245,3 +249,17 @@ def adopt_silent(study: optuna.Study) -> list[int]:
             storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
             adopted.append(number)
     return adopted
+
+
+@contextlib.contextmanager
+def journal_write_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold the journal file's write lock (no-op for a database): no process writes meanwhile."""
+    from optuna.storages.journal._file import get_lock_file
+
+    backend = getattr(study._storage, "_backend", None)
+    lock = getattr(backend, "_lock", None)
+    if lock is None:
+        yield
+        return
+    with get_lock_file(lock):
+        yield

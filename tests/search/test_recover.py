@@ -94,3 +94,51 @@ def test_a_dead_pid_under_the_same_host_name_elsewhere_is_not_recovered(tmp_path
     here.set_user_attr("worker", {**me, "pid": 2**22 + 13, "start": None})
     assert recover_stale(study, tmp_path / ".ask.lock") == [here.number]
     assert study.get_trials(deepcopy=False)[twin.number].state == TrialState.RUNNING
+
+
+def _write_forever(journal: str) -> None:
+    from nas.search._storage import open_storage
+
+    study = optuna.load_study(study_name="w", storage=open_storage(f"journal:{journal}", Path()))
+    trial = study.ask()
+    for i in range(10**9):  # each write takes the journal's lock (and fsyncs under it)
+        trial.set_user_attr("i", i)
+
+
+def test_workers_are_stopped_between_journal_writes(tmp_path: Path) -> None:
+    """The driver stops its workers on SIGTERM / Ctrl-C / a worker's error with SIGKILL. Killed
+    mid-write, a worker left Optuna's lock behind, and the driver's own next write (failing the
+    worker's trial) waited on it for ever (CI hung in test_sigterm_stops_the_workers_too): with
+    the relative run folder the lock's link did not resolve, so Optuna never broke it. _stop
+    kills while it holds the lock, and the lock's link is absolute."""
+    import multiprocessing as mp
+    import os
+    import threading
+    import time
+
+    from nas.search._local import _stop
+    from nas.search._storage import open_storage
+
+    os.chdir(tmp_path)  # the default relative run folder, as users run it
+    url = "journal:runs/x/study.journal"
+    study = optuna.create_study(study_name="w", storage=open_storage(url, Path()))
+    lock = Path("runs/x/study.journal.lock")
+    for _ in range(40):  # without the lock held, 2 runs in 3 failed with 20 rounds
+        child = mp.get_context("spawn").Process(target=_write_forever, args=(url[8:],))
+        child.start()
+        while not study.get_trials(deepcopy=False) or "i" not in study.trials[-1].user_attrs:
+            time.sleep(0.05)
+        time.sleep(0.05)
+        _stop({0: child}, study)
+        assert not child.is_alive()
+        assert not lock.is_symlink(), "a worker was killed holding the journal's lock"
+        wrote = threading.Thread(target=study.set_user_attr, args=("after", 1), daemon=True)
+        wrote.start()
+        wrote.join(timeout=20)
+        assert not wrote.is_alive(), "the next write hangs"
+    lock_obj = study._storage._backend._lock  # type: ignore[attr-defined]
+    lock_obj.acquire()  # as a writer killed now would leave it: a link Optuna can resolve
+    try:
+        assert os.path.isabs(os.readlink(lock)) and lock.resolve().is_file()
+    finally:
+        lock_obj.release()
