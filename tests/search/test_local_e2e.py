@@ -187,13 +187,16 @@ def test_a_joined_worker_killed_mid_trial_is_retried_by_the_run(tmp_path: Path) 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = tmp_path / "runs" / "digits-quick"
     args = [sys.executable, "-m", "nas.cli"]
+    wlog = tmp_path / "worker.log"
+    with open(wlog, "w") as f:  # started first: it is polling when the run creates the study
+        joined = subprocess.Popen(
+            [*args, "worker", str(run.relative_to(tmp_path)), "--wait", "300"], cwd=tmp_path,
+            env=env, stdout=f, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    _wait_for(lambda: "waiting up to" in wlog.read_text(), timeout=300)
     first = subprocess.Popen(
         [*args, "run", "exp.yaml", "--no-export", "-q"], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    joined = subprocess.Popen(
-        [*args, "worker", str(run.relative_to(tmp_path)), "--wait", "120", "-q"], cwd=tmp_path,
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
     def victims() -> object:
@@ -201,13 +204,22 @@ def test_a_joined_worker_killed_mid_trial_is_retried_by_the_run(tmp_path: Path) 
             w = t.user_attrs.get("worker", {})
             if t.state == TrialState.RUNNING and w.get("pid") == joined.pid and fully_drawn(t):
                 return t  # training (a trial lost while drawing is not retried)
+        if first.poll() is not None or joined.poll() is not None:
+            raise AssertionError(f"a process ended before the kill:\n{wlog.read_text()}")
         return None
 
     try:
         victim = _wait_for(victims, timeout=300)
         os.kill(joined.pid, signal.SIGKILL)
         joined.wait()
-        log, _ = first.communicate(timeout=300)
+        try:
+            log, _ = first.communicate(timeout=300)
+        except subprocess.TimeoutExpired:  # say where it hangs
+            first.kill()
+            log, _ = first.communicate()
+            states = [(t.number, t.state.name) for t in _study(run).get_trials(deepcopy=False)]
+            lock = run / "study.journal.lock"
+            raise AssertionError(f"hangs; {states}; lock {lock.is_symlink()}\n{log}") from None
         assert first.returncode == 0, log
     finally:
         for p in (first, joined):
