@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +101,23 @@ def _wait(pred: Callable[[], Any], procs: list[subprocess.Popen[bytes]], log: Pa
     raise AssertionError("timed out waiting:\n" + log.read_text()[-3000:])
 
 
-def _running(cwd: Path, at: int | None, where: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
+def _running(
+    cwd: Path, at: int | None, where: Callable[[FrozenTrial], bool], fresh: float | None = None
+) -> FrozenTrial | None:
     """A RUNNING trial matching ``where``, drawn in full (training), once ``at`` trials are
-    complete; ``at=None``: once the rest of the search is running (nothing is left to ask)."""
+    complete; ``at=None``: once the rest of the search is running (nothing is left to ask).
+    ``fresh``: only a trial started at most that many seconds ago (a kill lands mid-trial)."""
     trials = _trials(cwd)
     done = sum(t.state == TrialState.COMPLETE for t in trials)
     running = [t for t in trials if t.state == TrialState.RUNNING and fully_drawn(t)]
     if done < (TRIALS - len(running) if at is None else at):
         return None
-    return next((t for t in running if where(t)), None)
+    now = datetime.now()
+    for t in running:
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        if where(t) and (fresh is None or age <= fresh):
+            return t
+    return None
 
 
 def _check(cwd: Path, scenario: str, seed: int, killed: float) -> None:
@@ -214,11 +223,13 @@ def test_a_nas_worker_on_postgres_killed_at_a_random_moment(
         return None
 
     try:
-        victim = _wait(lambda: _running(tmp_path, at, lambda t: whose(t) is not None), procs, log)
+        victim = _wait(
+            lambda: _running(tmp_path, at, lambda t: whose(t) is not None, fresh=0.5), procs, log
+        )
         killed = time.time()
         dead = None
         if victim is not None:
-            time.sleep(0.0 if seed == 2 else rng.uniform(0.0, 0.5))  # before the trial ends
+            time.sleep(0.0 if seed == 2 else rng.uniform(0.0, 0.3))  # before the trial ends
             dead = whose(victim)
             assert dead is not None
             killed = time.time()
