@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -146,23 +147,11 @@ def test_a_survivor_waits_for_a_dead_workers_last_trial_and_retrains_it(
     """The last trial's worker died (its heartbeat stopped) while the others had asked for the
     rest: a survivor does not exit with the search one short, it waits until the heartbeat is
     stale, then trains the retry (issue 24, item 4)."""
-    import uuid
 
-    import optuna
-
-    from nas.api import _FunctionProblem
     from nas.search._problem import SAMPLED
-    from nas.search._storage import open_storage
     from nas.search._worker import run_loop
 
-    storage = open_storage(postgres, tmp_path, heartbeat=1)
-    study = optuna.create_study(
-        storage=storage, study_name=f"survivor-{uuid.uuid4().hex}", direction="maximize"
-    )
-    problem = _FunctionProblem(
-        lambda trial: trial.suggest_int("x", 0, 1000), lambda x: {"y": float(x)},
-        {"y": "maximize"}, {}, {},
-    )  # fmt: skip
+    storage, study, problem = _heartbeat_study(postgres, tmp_path, "survivor")
     lost = study.ask()  # a worker drew its candidate, beat once, and died
     lost.suggest_int("x", 0, 1000)
     lost.set_user_attr(SAMPLED, 0.0)
@@ -186,23 +175,11 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(
     (the window that hung CI's three-worker test: Optuna never finds a trial with no heartbeat
     stale): a survivor gives it a heartbeat, so it goes stale, is failed and retried. A trial
     asked by a worker that died before tagging it (no params) is failed and not retried."""
-    import uuid
 
-    import optuna
-
-    from nas.api import _FunctionProblem
     from nas.search._problem import SAMPLED
-    from nas.search._storage import open_storage
     from nas.search._worker import run_loop
 
-    storage = open_storage(postgres, tmp_path, heartbeat=1)
-    study = optuna.create_study(
-        storage=storage, study_name=f"silent-{uuid.uuid4().hex}", direction="maximize"
-    )
-    problem = _FunctionProblem(
-        lambda trial: trial.suggest_int("x", 0, 1000), lambda x: {"y": float(x)},
-        {"y": "maximize"}, {}, {},
-    )  # fmt: skip
+    _, study, problem = _heartbeat_study(postgres, tmp_path, "silent")
     lost = study.ask()  # drew, tagged, then died: no heartbeat recorded
     lost.suggest_int("x", 0, 1000)
     lost.set_user_attr(SAMPLED, 0.0)
@@ -216,3 +193,23 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(
     assert sorted(t.number for t in by_state[TrialState.FAIL]) == [lost.number, half.number]
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") is not None]
     assert retry.user_attrs["retry_of"] == lost.number and retry.params == lost.params
+
+
+def _heartbeat_study(postgres: str, tmp_path: Path, name: str) -> tuple[Any, Any, Any]:
+    """A fresh study on PostgreSQL with a 1 s heartbeat, and a one-parameter problem."""
+    import uuid
+
+    import optuna
+
+    from nas.api import _FunctionProblem
+    from nas.search._storage import open_storage
+
+    storage = open_storage(postgres, tmp_path, heartbeat=1)
+    study = optuna.create_study(
+        storage=storage, study_name=f"{name}-{uuid.uuid4().hex}", direction="maximize"
+    )
+    problem = _FunctionProblem(
+        lambda trial: trial.suggest_int("x", 0, 1000), lambda x: {"y": float(x)},
+        {"y": "maximize"}, {}, {},
+    )  # fmt: skip
+    return storage, study, problem
